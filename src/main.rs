@@ -1,0 +1,3 @@
+fn main() {
+    println!("shoptet-proxy {}", shoptet_proxy::VERSION);
+}
