@@ -10,3 +10,4 @@ pub const VERSION: &str = concat!(
     env!("SHOPTET_PROXY_GIT_COMMIT"),
     ")"
 );
+pub mod secret;
