@@ -10,4 +10,5 @@ pub const VERSION: &str = concat!(
     env!("SHOPTET_PROXY_GIT_COMMIT"),
     ")"
 );
+pub mod config;
 pub mod secret;
