@@ -10,5 +10,6 @@ pub const VERSION: &str = concat!(
     env!("SHOPTET_PROXY_GIT_COMMIT"),
     ")"
 );
+pub mod cli;
 pub mod config;
 pub mod secret;
