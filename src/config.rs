@@ -557,12 +557,26 @@ fn describe_figment_error(errors: figment::Error) -> ConfigError {
                 Kind::InvalidType(actual, expected) if expected.starts_with("struct ") => {
                     format!("invalid config key {key}: found {actual}, expected a table{origin}")
                 }
-                kind if e.path.is_empty() => format!("{kind}{origin}"),
+                kind if e.path.is_empty() => format!("{}{origin}", without_source_lines(kind)),
                 kind => format!("invalid config key {key}: {kind}{origin}"),
             }
         })
         .collect();
     ConfigError::Parse(lines.join("\n"))
+}
+
+/// A TOML syntax error quotes the offending source line, which may hold a secret
+/// (`client_secret = "...`); keep the position and the explanation, drop the quoted line.
+fn without_source_lines(kind: &figment::error::Kind) -> String {
+    kind.to_string()
+        .lines()
+        .filter(|line| {
+            let line = line.trim_start();
+            let digits = line.len() - line.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            !(digits > 0 && line[digits..].starts_with(" |"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1523,6 +1537,13 @@ mod tests {
         let message = load_err("[store]\nurl = \"mysql://u:pw-xyz@h/db\"\n", &[]);
         assert_mentions(&message, &["store.url", "sqlite://"]);
         assert!(!message.contains("pw-xyz"), "{message}");
+    }
+
+    #[test]
+    fn toml_syntax_error_does_not_quote_the_line() {
+        let message = load_err("[shoptet]\nclient_secret = \"unterminated-xyz\n", &[]);
+        assert_mentions(&message, &["line 2"]);
+        assert!(!message.contains("unterminated-xyz"), "{message}");
     }
 
     #[test]
