@@ -436,20 +436,42 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 /// A list of strings; a single string is a one-element list and an empty string the empty list,
 /// so `SHOPTET_PROXY_PUBLIC__INSTALL_ALLOW=10.0.0.0/8` works without list syntax.
 fn text_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        Many(Vec<Text>),
-        One(Text),
-    }
-    #[derive(Deserialize)]
-    struct Text(#[serde(deserialize_with = "text")] String);
+    struct ListVisitor;
 
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::Many(items) => items.into_iter().map(|t| t.0).collect(),
-        OneOrMany::One(Text(s)) if s.is_empty() => Vec::new(),
-        OneOrMany::One(Text(s)) => vec![s],
-    })
+    /// One list element, any scalar accepted as for single values.
+    struct Item(String);
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            text(d).map(Item)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of strings")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(Item(s)) = seq.next_element()? {
+                items.push(s);
+            }
+            Ok(items)
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(if v.is_empty() {
+                Vec::new()
+            } else {
+                vec![v.to_owned()]
+            })
+        }
+    }
+
+    d.deserialize_any(ListVisitor)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1527,6 +1549,11 @@ mod tests {
             ("[log]\nformat = \"xml\"", "log.format", "\"xml\""),
             ("[log]\nlevel = \"info,=[\"", "log.level", "\"info,=[\""),
             ("proxy = 3", "proxy", "3"),
+            (
+                "[public]\ninstall_allow = [{ a = 1 }]",
+                "public.install_allow",
+                "list of strings",
+            ),
         ] {
             assert_mentions(&load_err(toml, &[]), &[key, value]);
         }
