@@ -1552,7 +1552,7 @@ mod tests {
             (
                 "[public]\ninstall_allow = [{ a = 1 }]",
                 "public.install_allow",
-                "list of strings",
+                "found map",
             ),
         ] {
             assert_mentions(&load_err(toml, &[]), &[key, value]);
