@@ -11,3 +11,5 @@ pub const VERSION: &str = concat!(
     ")"
 );
 pub mod secret;
+pub mod signature;
+pub mod sim;
