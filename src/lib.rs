@@ -13,3 +13,5 @@ pub const VERSION: &str = concat!(
 pub mod cli;
 pub mod config;
 pub mod secret;
+pub mod signature;
+pub mod sim;
