@@ -72,7 +72,7 @@ pub enum Command {
         errors, and signed webhooks. Its knobs (token lifetime, limits, latency, faults) are \
         options of this command."
     )]
-    Sim(SimArgsPlaceholder),
+    Sim(crate::sim::SimArgs),
 
     /// Print the effective configuration with secrets redacted
     #[command(
@@ -181,20 +181,6 @@ pub enum EshopsCommand {
         #[arg(value_name = "ID")]
         id: u64,
     },
-}
-
-/// Stand-in for the simulator's own options until the simulator module provides them.
-#[derive(Debug, Args)]
-pub struct SimArgsPlaceholder {
-    /// Address to listen on
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8000",
-        long_help = "Address (IP:PORT) the simulator listens on. Port 0 picks a free port, \
-            which is printed at startup."
-    )]
-    pub listen: std::net::SocketAddr,
 }
 
 /// Parses the process arguments; on a usage error clap prints it and exits with status 2.

@@ -10,8 +10,28 @@ pub const VERSION: &str = concat!(
     env!("SHOPTET_PROXY_GIT_COMMIT"),
     ")"
 );
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod bucket;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod demo;
+pub mod error;
+pub mod flow;
+pub mod logging;
+pub mod metrics;
+pub mod oauth;
+pub mod outbox;
+pub mod proxy;
+pub mod public;
 pub mod secret;
+pub mod server;
+pub mod shoptet_api;
 pub mod signature;
 pub mod sim;
+pub mod store;
+pub mod tag;
+pub mod tokens;
+pub mod upstream;

@@ -1,0 +1,240 @@
+//! The admin listener (SPEC B7): metrics, health, and the installation admin API.
+//!
+//! Reads (`GET`, `/metrics`, `/healthz`, `/readyz`) need no credentials because the listener is on
+//! loopback by default; writes need `Authorization: Bearer <admin token>` and are off entirely when
+//! no admin token is configured. No answer here ever contains a secret.
+
+use crate::app::App;
+use crate::body::RespBody;
+use crate::error::ProxyError;
+use crate::secret::Secret;
+use crate::shoptet_api;
+use crate::store::NewInstallation;
+use crate::tag::parse_id;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// An import body is the code-exchange answer: a few hundred bytes.
+const MAX_IMPORT_BODY: usize = 64 * 1024;
+
+type AdminBody = RespBody<()>;
+
+pub struct Admin {
+    app: Arc<App>,
+}
+
+/// The body of `PUT /admin/eshops/{id}`: what Shoptet's code exchange returned (SPEC A1).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Import {
+    #[serde(rename = "access_token")]
+    access_token: String,
+    eshop_id: Option<u64>,
+    eshop_url: Option<String>,
+    contact_email: Option<String>,
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<AdminBody> {
+    let mut resp = Response::new(AdminBody::full(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
+    let mut resp = Response::new(AdminBody::full(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn store_failed(e: impl std::fmt::Display) -> Response<AdminBody> {
+    tracing::error!(error = %e, "store operation failed");
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({"data":null,"errors":[{"errorCode":"proxy-store-unavailable","message":"the store could not be reached","instance":"shoptet-proxy"}]}),
+    )
+}
+
+impl Admin {
+    pub fn new(app: Arc<App>) -> Admin {
+        Admin { app }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<AdminBody> {
+        let method = req.method().clone();
+        let resp = self.route(req).await.unwrap_or_else(|e| e.to_response());
+        self.app
+            .metrics
+            .count_request("admin", &method, resp.status().as_u16());
+        resp
+    }
+
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
+        let Some(token) = &self.app.cfg.admin.token else {
+            // Writes are off: behave as if the endpoint did not exist.
+            return Err(ProxyError::NotFound);
+        };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or(ProxyError::Unauthorized)?;
+        token
+            .ct_eq(presented)
+            .then_some(())
+            .ok_or(ProxyError::Unauthorized)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<AdminBody>, ProxyError> {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (req.method(), segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
+            (&Method::GET, ["readyz"]) => Ok(self.readyz().await),
+            (&Method::GET, ["metrics"]) => Ok(self.metrics().await),
+            (&Method::GET, ["admin", "eshops"]) => Ok(self.list().await),
+            (&Method::PUT, ["admin", "eshops", id]) => {
+                let id = parse_id(id.as_bytes())?;
+                self.authorize(&req)?;
+                self.import(id, req.into_body()).await
+            }
+            (&Method::DELETE, ["admin", "eshops", id]) => {
+                let id = parse_id(id.as_bytes())?;
+                self.authorize(&req)?;
+                Ok(self.remove(id).await)
+            }
+            (&Method::POST, ["admin", "eshops", id, "refresh"]) => {
+                let id = parse_id(id.as_bytes())?;
+                self.authorize(&req)?;
+                self.refresh(id).await
+            }
+            _ => Err(ProxyError::NotFound),
+        }
+    }
+
+    async fn readyz(&self) -> Response<AdminBody> {
+        if !self.app.is_ready() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
+        match self.app.store.ping().await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness: store unreachable");
+                text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n")
+            }
+        }
+    }
+
+    async fn metrics(&self) -> Response<AdminBody> {
+        // Store-backed gauges are read at scrape time: cheap, and always current.
+        if let Ok(counts) = self.app.store.count_by_status().await {
+            for status in ["active", "suspended", "uninstalled"] {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s.as_str() == status)
+                    .map_or(0, |(_, n)| *n);
+                self.app
+                    .metrics
+                    .installations
+                    .with_label_values(&[status])
+                    .set(n as i64);
+            }
+        }
+        if let Ok(depth) = self.app.store.outbox_depth().await {
+            self.app.metrics.outbox_depth.set(depth as i64);
+        }
+        let mut resp = Response::new(AdminBody::full(Bytes::from(self.app.metrics.render())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    }
+
+    async fn list(&self) -> Response<AdminBody> {
+        match self.app.store.list().await {
+            Ok(list) => json(StatusCode::OK, &serde_json::json!({ "eshops": list })),
+            Err(e) => store_failed(e),
+        }
+    }
+
+    async fn import(&self, eshop_id: u64, body: Incoming) -> Result<Response<AdminBody>, ProxyError> {
+        let bytes = Limited::new(body, MAX_IMPORT_BODY)
+            .collect()
+            .await
+            .map_err(|_| ProxyError::BodyTooLarge)?
+            .to_bytes();
+        let import: Import = serde_json::from_slice(&bytes).map_err(|_| {
+            ProxyError::BadRequest("the body must be the JSON of Shoptet's code exchange, with access_token")
+        })?;
+        if import.access_token.is_empty() {
+            return Err(ProxyError::BadRequest("access_token is empty"));
+        }
+        if import.eshop_id.is_some_and(|id| id != eshop_id) {
+            return Err(ProxyError::BadRequest("eshopId in the body differs from the path"));
+        }
+        let new = NewInstallation {
+            eshop_id,
+            eshop_url: import.eshop_url,
+            contact_email: import.contact_email,
+            oauth_token: Secret::new(import.access_token),
+        };
+        if let Err(e) = self.app.store.upsert_installation(&new, None).await {
+            return Ok(store_failed(e));
+        }
+        self.app.proxy.tokens.forget(eshop_id);
+        let key = match shoptet_api::renew_signature_key(&self.app.proxy, eshop_id).await {
+            Ok(key) => match self.app.store.set_signature_key(eshop_id, &key).await {
+                Ok(()) => "renewed",
+                Err(e) => return Ok(store_failed(e)),
+            },
+            Err(e) => {
+                tracing::warn!(eshop_id, code = e.code(), "import: no webhook signature key");
+                "failed"
+            }
+        };
+        tracing::info!(eshop_id, "installation imported");
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"eshopId": eshop_id, "status": "active", "webhookSignatureKey": key}),
+        ))
+    }
+
+    async fn remove(&self, eshop_id: u64) -> Response<AdminBody> {
+        match self.app.store.remove(eshop_id).await {
+            Ok(true) => {
+                self.app.proxy.tokens.forget(eshop_id);
+                tracing::info!(eshop_id, "installation removed");
+                let mut r = Response::new(AdminBody::full(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r
+            }
+            Ok(false) => ProxyError::EshopNotInstalled.to_response(),
+            Err(e) => store_failed(e),
+        }
+    }
+
+    async fn refresh(&self, eshop_id: u64) -> Result<Response<AdminBody>, ProxyError> {
+        let tokens = &self.app.proxy.tokens;
+        let current = tokens.get(eshop_id).await?;
+        let fresh = tokens.replace(eshop_id, &current).await?;
+        let expires = time::OffsetDateTime::from(std::time::SystemTime::now() + fresh.remaining())
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"eshopId": eshop_id, "tokenExpiresAt": expires}),
+        ))
+    }
+}

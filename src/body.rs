@@ -1,0 +1,194 @@
+//! The two body types of a proxied exchange.
+//!
+//! [`ReqBody`] goes upstream: either fully buffered (small, so it can be sent again on a replay)
+//! or streamed from the client, possibly after a buffered prefix that turned out to exceed the
+//! replay limit. [`RespBody`] comes back: either Shoptet's streaming body or a small body the proxy
+//! made; it carries a guard (the upstream slot) that is released only when the body is done, since
+//! Shoptet counts a request as in flight until its answer has been sent.
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A request body sent upstream.
+pub enum ReqBody {
+    /// Whole body in memory; `None` once sent (or for an empty body).
+    Buffered(Option<Bytes>),
+    /// Chunks already read from the client, then the rest of the client's stream.
+    Streaming {
+        prefix: VecDeque<Bytes>,
+        rest: Incoming,
+    },
+}
+
+impl ReqBody {
+    pub fn empty() -> Self {
+        ReqBody::Buffered(None)
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        ReqBody::Buffered((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Streaming { prefix, rest } => match prefix.pop_front() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Buffered(b) => b.is_none(),
+            ReqBody::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Streaming { prefix, rest } => {
+                let pre: u64 = prefix.iter().map(|b| b.len() as u64).sum();
+                let h = rest.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + pre);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + pre);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// What reading a client's body for replay produced.
+pub enum ClientBody {
+    /// Complete and within the replay limit: can be sent any number of times.
+    Replayable(Bytes),
+    /// Too large to keep: streams once.
+    Streaming(ReqBody),
+}
+
+/// Reads the client's body up to `limit` bytes. A body that declares a larger Content-Length is
+/// not read at all; one that grows past the limit while being read streams on from where it is.
+pub async fn read_for_replay(
+    mut body: Incoming,
+    declared_len: Option<u64>,
+    limit: u64,
+) -> Result<ClientBody, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(ClientBody::Replayable(Bytes::new()));
+    }
+    if declared_len.is_some_and(|n| n > limit) {
+        return Ok(ClientBody::Streaming(ReqBody::Streaming {
+            prefix: VecDeque::new(),
+            rest: body,
+        }));
+    }
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        // Trailers are hop-by-hop for this proxy (TE and Trailer are never forwarded).
+        if let Ok(data) = frame?.into_data() {
+            total += data.len() as u64;
+            chunks.push_back(data);
+            if total > limit {
+                return Ok(ClientBody::Streaming(ReqBody::Streaming {
+                    prefix: chunks,
+                    rest: body,
+                }));
+            }
+        }
+    }
+    Ok(ClientBody::Replayable(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => {
+            let mut buf = bytes::BytesMut::with_capacity(total as usize);
+            chunks.iter().for_each(|c| buf.extend_from_slice(c));
+            buf.freeze()
+        }
+    }))
+}
+
+/// A response body sent to the client, holding `G` (an upstream slot) until it is finished.
+pub struct RespBody<G = ()> {
+    kind: RespKind,
+    guard: Option<G>,
+}
+
+enum RespKind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl<G> RespBody<G> {
+    pub fn upstream(body: Incoming, guard: G) -> Self {
+        RespBody {
+            kind: RespKind::Upstream(body),
+            guard: Some(guard),
+        }
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        RespBody {
+            kind: RespKind::Full((!bytes.is_empty()).then_some(bytes)),
+            guard: None,
+        }
+    }
+}
+
+impl<G> From<Bytes> for RespBody<G> {
+    fn from(b: Bytes) -> Self {
+        RespBody::full(b)
+    }
+}
+
+impl<G: Unpin> Body for RespBody<G> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let out = match &mut this.kind {
+            RespKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespKind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = out {
+            // Done: free the upstream slot now rather than when hyper drops the body.
+            this.guard = None;
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RespKind::Full(b) => b.is_none(),
+            RespKind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RespKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespKind::Upstream(body) => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! What each subcommand does (SPEC B6), given a parsed command line. `main.rs` only parses and
+//! exits with the status returned here: 0 success, 1 runtime failure, 2 invalid configuration.
+
+use crate::app::{self, StartError};
+use crate::cli::{self, Cli, Command, EshopsCommand, StoreCommand};
+use crate::config::Config;
+use crate::secret::Secret;
+use crate::store::{self, NewInstallation};
+use std::process::ExitCode;
+
+fn config_or_exit(cli: &Cli) -> Result<Config, ExitCode> {
+    Config::load(cli.config.as_deref()).map_err(|e| {
+        eprintln!("shoptet-proxy: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("shoptet-proxy: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn start_failed(e: &StartError) -> ExitCode {
+    eprintln!("shoptet-proxy: {e}");
+    match e {
+        StartError::Invalid { .. } | StartError::Tls(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match execute(cli) {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
+    match &cli.command {
+        Command::CheckConfig => Ok(match cli::check_config(cli.config.as_deref()) {
+            Ok(toml) => {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shoptet-proxy: {e}");
+                ExitCode::from(2)
+            }
+        }),
+        Command::GenKey => Ok(match cli::gen_key() {
+            Ok(key) => {
+                println!("{key}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shoptet-proxy: cannot read the OS random generator: {e}");
+                ExitCode::FAILURE
+            }
+        }),
+        Command::Serve => {
+            let cfg = config_or_exit(&cli)?;
+            crate::logging::init(&cfg.log);
+            let result = runtime()?.block_on(app::serve(cfg));
+            Ok(result.map_or_else(|e| start_failed(&e), |()| ExitCode::SUCCESS))
+        }
+        Command::Demo => {
+            let cfg = config_or_exit(&cli)?;
+            crate::logging::init(&cfg.log);
+            Ok(match runtime()?.block_on(crate::demo::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(crate::demo::DemoError::Start(e)) => start_failed(&e),
+                Err(e) => {
+                    eprintln!("shoptet-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            })
+        }
+        Command::Sim(args) => {
+            crate::logging::init(&crate::config::Log {
+                format: crate::config::LogFormat::Text,
+                level: "info".into(),
+            });
+            Ok(match runtime()?.block_on(crate::sim::run_cli(args.clone())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shoptet-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            })
+        }
+        Command::Store(StoreCommand::Rekey) => {
+            let cfg = config_or_exit(&cli)?;
+            store_command(&cfg, |store| async move {
+                let n = store.rekey().await?;
+                println!("re-encrypted {n} values under the current key");
+                Ok(())
+            })
+        }
+        Command::Eshops(cmd) => {
+            let cfg = config_or_exit(&cli)?;
+            match cmd {
+                EshopsCommand::List { json } => {
+                    let json = *json;
+                    store_command(&cfg, |store| async move {
+                        let list = store.list().await?;
+                        if json {
+                            println!("{}", store::render_list_json(&list));
+                        } else {
+                            print!("{}", store::render_list_table(&list));
+                        }
+                        Ok(())
+                    })
+                }
+                EshopsCommand::Import {
+                    id,
+                    oauth_token_file,
+                    eshop_url,
+                    contact_email,
+                } => {
+                    let token = match std::fs::read_to_string(oauth_token_file) {
+                        Ok(t) if !t.trim().is_empty() => Secret::new(t.trim().to_owned()),
+                        Ok(_) => {
+                            eprintln!("shoptet-proxy: {} is empty", oauth_token_file.display());
+                            return Err(ExitCode::from(2));
+                        }
+                        Err(e) => {
+                            eprintln!("shoptet-proxy: cannot read {}: {e}", oauth_token_file.display());
+                            return Err(ExitCode::from(2));
+                        }
+                    };
+                    let new = NewInstallation {
+                        eshop_id: *id,
+                        eshop_url: eshop_url.clone(),
+                        contact_email: contact_email.clone(),
+                        oauth_token: token,
+                    };
+                    store_command(&cfg, |store| async move {
+                        store.upsert_installation(&new, None).await?;
+                        println!("imported e-shop {} (active)", new.eshop_id);
+                        Ok(())
+                    })
+                }
+                EshopsCommand::Remove { id } => {
+                    let id = *id;
+                    store_command(&cfg, |store| async move {
+                        if store.remove(id).await? {
+                            println!("removed e-shop {id}");
+                        } else {
+                            println!("e-shop {id} is not in the store; nothing removed");
+                        }
+                        Ok(())
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Opens the configured store, runs `f` on it, and maps the outcome to an exit status.
+fn store_command<F, Fut>(cfg: &Config, f: F) -> Result<ExitCode, ExitCode>
+where
+    F: FnOnce(store::Store) -> Fut,
+    Fut: std::future::Future<Output = Result<(), store::StoreError>>,
+{
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = app::open_store(cfg).await.map_err(|e| start_failed(&e))?;
+        f(store).await.map_err(|e| {
+            eprintln!("shoptet-proxy: {e}");
+            ExitCode::FAILURE
+        })?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

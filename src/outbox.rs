@@ -1,0 +1,124 @@
+//! Delivery of queued events and verified webhooks to the addon (SPEC B5).
+//!
+//! The public listener answers Shoptet only after the body is in the store's outbox, so a webhook
+//! survives a crash or a down addon. This worker takes due items, POSTs each to `[addon]
+//! events_url` or `webhooks_url`, deletes it on a 2xx, and otherwise reschedules it with backoff
+//! (1 s doubling up to `retry_max`), forever: dropping an undelivered webhook would lose data the
+//! addon cannot get back. Items are leased by the store, so several replicas share the work.
+
+use crate::app::App;
+use crate::body::ReqBody;
+use crate::store::{OutboxItem, OutboxKind};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+
+/// Shoptet gives its receivers 4 s; the addon gets the same.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(4);
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Items taken per round.
+const BATCH: usize = 32;
+/// Poll interval when nothing wakes the worker (retries coming due, other replicas' items).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Backoff before attempt `attempts + 1`.
+pub fn backoff(attempts: u32, max: Duration) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(attempts.min(20)))
+        .min(max)
+}
+
+/// Runs until shutdown; an item being delivered when shutdown comes is finished first.
+pub async fn run(app: Arc<App>, wake: Arc<Notify>) {
+    loop {
+        if app.shutdown.is_triggered() {
+            return;
+        }
+        let due = match app.store.outbox_due(SystemTime::now(), BATCH).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox: store unavailable");
+                Vec::new()
+            }
+        };
+        if due.is_empty() {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = app.shutdown.wait() => return,
+            }
+            continue;
+        }
+        let deliveries = due.into_iter().map(|item| deliver(&app, item));
+        futures_util::future::join_all(deliveries).await;
+    }
+}
+
+async fn deliver(app: &App, item: OutboxItem) {
+    let url = match item.kind {
+        OutboxKind::Event => app.cfg.addon.events_url.as_ref(),
+        OutboxKind::Webhook => app.cfg.addon.webhooks_url.as_ref(),
+    };
+    let Some(url) = url else {
+        // The target was unset after the item was queued: keep it until one is configured.
+        let _ = app
+            .store
+            .outbox_retry_at(item.id, item.attempts, SystemTime::now() + app.cfg.addon.retry_max)
+            .await;
+        return;
+    };
+    let ok = match post(app, url.as_str(), item.body.clone()).await {
+        Ok(status) if status.is_success() => true,
+        Ok(status) => {
+            tracing::warn!(id = item.id, status = status.as_u16(), "outbox: addon refused delivery");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(id = item.id, error = %e, "outbox: delivery failed");
+            false
+        }
+    };
+    let label = if ok { "delivered" } else { "failed" };
+    app.metrics.webhooks.with_label_values(&[label]).inc();
+    let settled = if ok {
+        app.store.outbox_delivered(item.id).await
+    } else {
+        let wait = backoff(item.attempts, app.cfg.addon.retry_max);
+        app.store
+            .outbox_retry_at(item.id, item.attempts + 1, SystemTime::now() + wait)
+            .await
+    };
+    if let Err(e) = settled {
+        // The lease expires and the item comes due again: delivered at least once, never lost.
+        tracing::warn!(id = item.id, error = %e, "outbox: could not record the delivery outcome");
+    }
+}
+
+async fn post(app: &App, url: &str, body: Vec<u8>) -> Result<http::StatusCode, String> {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .body(ReqBody::full(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(DELIVERY_TIMEOUT, app.proxy.client.request(req))
+        .await
+        .map_err(|_| "no answer within 4 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(resp.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_the_cap() {
+        let max = Duration::from_secs(15);
+        let waits: Vec<u64> = (0..6).map(|a| backoff(a, max).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 15, 15]);
+        assert_eq!(backoff(u32::MAX, max), max);
+    }
+}

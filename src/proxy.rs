@@ -1,0 +1,436 @@
+//! The proxied request (SPEC B2): tag → slot → token → Shoptet → (replay | retry) → response.
+//!
+//! One function, [`Proxy::handle`], owns a request from arrival to the response head; the
+//! response body then streams straight from Shoptet to the client, carrying the upstream slot.
+//! Replays on 401 resend the identical request (the body is buffered for that when small enough);
+//! GET/HEAD are retried after a 429 when Shoptet's wait is short. Nothing else is ever resent:
+//! a POST that may have reached Shoptet is never sent twice except after a 401, which proves
+//! Shoptet refused it before acting.
+
+use crate::body::{read_for_replay, ClientBody, ReqBody, RespBody};
+use crate::error::ProxyError;
+use crate::flow::{Flow, Permit};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::tag;
+use crate::tokens::TokenCache;
+use crate::upstream::Client;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub type ProxyBody = RespBody<Permit>;
+
+/// Shoptet's 401 bodies are a small envelope; a larger one is passed on without inspection.
+const MAX_401_BODY: usize = 64 * 1024;
+/// Requests larger than this are refused outright; between `max_replay_body` and this they
+/// stream without replay. Shoptet's own bulk endpoints take far less.
+pub const MAX_BODY: u64 = 64 * 1024 * 1024;
+/// GET/HEAD retries after 429, at most; each waits what Shoptet asked (bounded by max_retry_wait).
+const MAX_429_RETRIES: u32 = 3;
+/// Wait after a 429 without `Retry-After` (the per-token concurrency limit), doubled per retry.
+const CONCURRENCY_429_BACKOFF: Duration = Duration::from_millis(200);
+/// Shoptet's answer to a suspended installation: a 401 that no new token will fix.
+const NOT_APPROVED: &str = "Addon installation is not approved.";
+
+static TOKEN_HEADER: HeaderName = HeaderName::from_static("shoptet-access-token");
+static PRIVATE_TOKEN_HEADER: HeaderName = HeaderName::from_static("shoptet-private-api-token");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+pub struct ProxySettings {
+    /// `scheme://authority[/base]` of the API, no trailing slash.
+    pub api_base: String,
+    pub eshop_header: HeaderName,
+    pub max_replay_body: u64,
+    pub max_retry_wait: Duration,
+    pub upstream_timeout: Duration,
+    pub client_keys: Vec<Secret>,
+}
+
+pub struct Proxy {
+    pub settings: ProxySettings,
+    pub client: Client,
+    pub tokens: Arc<TokenCache>,
+    pub flow: Flow,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the access log line reports about one request.
+#[derive(Default)]
+struct Trace {
+    eshop_id: Option<u64>,
+    upstream: Duration,
+    queued: Duration,
+    paced: Duration,
+    replayed: bool,
+    retries_429: u32,
+    request_id: Option<HeaderValue>,
+}
+
+/// Why an upstream 401 came back, read from its envelope.
+#[derive(Debug, PartialEq, Eq)]
+enum Rejection {
+    /// `expired-token` / `invalid-token`: a new token may succeed.
+    Token,
+    /// Suspended installation, missing header or anything unrecognised: pass it on.
+    Terminal,
+}
+
+fn classify_401(body: &[u8]) -> Rejection {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Option<Vec<Item>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Item {
+        error_code: Option<String>,
+        message: Option<String>,
+    }
+    let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
+        return Rejection::Terminal;
+    };
+    let items = env.errors.unwrap_or_default();
+    let retriable = items.iter().any(|i| {
+        matches!(i.error_code.as_deref(), Some("expired-token" | "invalid-token"))
+            && i.message.as_deref() != Some(NOT_APPROVED)
+    });
+    let terminal = items
+        .iter()
+        .any(|i| i.message.as_deref() == Some(NOT_APPROVED));
+    if retriable && !terminal {
+        Rejection::Token
+    } else {
+        Rejection::Terminal
+    }
+}
+
+/// `Retry-After` as seconds or HTTP-date, as a wait from now.
+pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
+    let s = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(s).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let hop: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for n in hop {
+        headers.remove(n);
+    }
+}
+
+impl Proxy {
+    /// Answers one request on the proxy listener. Never fails: errors become envelopes.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let arrived = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut trace = Trace::default();
+        let resp = match self.forward(req, arrived, &mut trace).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.proxy_errors.with_label_values(&[e.code()]).inc();
+                e.to_response()
+            }
+        };
+        let status = resp.status().as_u16();
+        let total = arrived.elapsed();
+        self.metrics.count_proxy_request(&method, status);
+        self.metrics.request_duration.observe(total.as_secs_f64());
+        tracing::info!(
+            target: "access",
+            method = %method,
+            path = %path,
+            eshop_id = trace.eshop_id,
+            status,
+            total_ms = total.as_secs_f64() * 1e3,
+            upstream_ms = trace.upstream.as_secs_f64() * 1e3,
+            queued_ms = trace.queued.as_secs_f64() * 1e3,
+            paced_ms = trace.paced.as_secs_f64() * 1e3,
+            replayed = trace.replayed,
+            retries_429 = trace.retries_429,
+            request_id = trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        );
+        resp
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        let keys = &self.settings.client_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let presented = headers
+            .get(header::PROXY_AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or(ProxyError::Unauthorized)?;
+        // Every key is compared, so timing reveals neither which key matched nor how much.
+        let matched = keys
+            .iter()
+            .fold(false, |acc, k| k.ct_eq(presented) | acc);
+        matched.then_some(()).ok_or(ProxyError::Unauthorized)
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        arrived: Instant,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        self.authorize(&parts.headers)?;
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::NotFound);
+        }
+        let tagged = tag::parse(&parts.uri, &parts.headers, &self.settings.eshop_header)?;
+        let eshop_id = tagged.eshop_id;
+        trace.eshop_id = Some(eshop_id);
+        let mut target = String::with_capacity(
+            self.settings.api_base.len() + tagged.path.len() + tagged.query.map_or(0, |q| q.len() + 1),
+        );
+        target.push_str(&self.settings.api_base);
+        target.push_str(tagged.path);
+        if let Some(q) = tagged.query {
+            target.push('?');
+            target.push_str(q);
+        }
+        let uri: Uri = target.parse().map_err(|_| ProxyError::NotFound)?;
+
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        headers.remove(&self.settings.eshop_header);
+        headers.remove(&PRIVATE_TOKEN_HEADER);
+        headers.remove(header::HOST);
+        let declared_len = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_len.is_some_and(|n| n > MAX_BODY) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        // hyper frames the upstream body itself from the body's size.
+        headers.remove(header::CONTENT_LENGTH);
+
+        let mut body = match read_for_replay(body, declared_len, self.settings.max_replay_body)
+            .await
+            .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
+        {
+            ClientBody::Replayable(b) => Outgoing::Replayable(b),
+            ClientBody::Streaming(s) => Outgoing::Once(Some(s)),
+        };
+
+        let admission = self.flow.admit(eshop_id, arrived).await?;
+        trace.queued = admission.queued;
+        trace.paced = admission.paced;
+        let mut permit = admission.permit;
+        let mut token = self.tokens.get(eshop_id).await?;
+        let retry_429 = parts.method == Method::GET || parts.method == Method::HEAD;
+
+        loop {
+            let Some(req_body) = body.next() else {
+                // Unreachable: a streamed body is never resent (the loop only continues for
+                // replayable bodies), but answer sanely rather than panic.
+                return Err(ProxyError::UpstreamUnreachable);
+            };
+            let mut req = Request::new(req_body);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = uri.clone();
+            *req.headers_mut() = headers.clone();
+            req.headers_mut().insert(TOKEN_HEADER.clone(), token.header.clone());
+
+            permit.sending();
+            let sent = Instant::now();
+            let result = tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req)).await;
+            let took = sent.elapsed();
+            trace.upstream += took;
+            self.metrics.upstream_duration.observe(took.as_secs_f64());
+            let resp = match result {
+                Err(_) => return Err(ProxyError::UpstreamTimeout),
+                Ok(Err(e)) => {
+                    tracing::warn!(eshop_id, error = %e, "upstream request failed");
+                    return Err(ProxyError::UpstreamUnreachable);
+                }
+                Ok(Ok(r)) => r,
+            };
+            permit.answered(resp.status(), resp.headers());
+            trace.request_id = resp.headers().get("x-request-id").cloned();
+
+            match resp.status() {
+                StatusCode::UNAUTHORIZED => {
+                    let (parts401, body401) = resp.into_parts();
+                    let bytes = match Limited::new(body401, MAX_401_BODY).collect().await {
+                        Ok(c) => c.to_bytes(),
+                        Err(_) => return Err(ProxyError::UpstreamUnreachable),
+                    };
+                    if classify_401(&bytes) == Rejection::Token {
+                        if body.replayable() && !trace.replayed {
+                            token = match self.tokens.replace(eshop_id, &token).await {
+                                Ok(t) => t,
+                                Err(e) => {
+                                    self.metrics.replays.with_label_values(&["refresh_failed"]).inc();
+                                    return Err(e);
+                                }
+                            };
+                            trace.replayed = true;
+                            continue;
+                        }
+                        let outcome = if trace.replayed { "rejected_again" } else { "not_replayable" };
+                        self.metrics.replays.with_label_values(&[outcome]).inc();
+                        // The next request should not meet the same dead token.
+                        if !trace.replayed {
+                            let tokens = self.tokens.clone();
+                            let dead = token.clone();
+                            tokio::spawn(async move {
+                                let _ = tokens.replace(eshop_id, &dead).await;
+                            });
+                        }
+                    }
+                    return Ok(respond(parts401, RespBody::full(bytes)));
+                }
+                StatusCode::TOO_MANY_REQUESTS if retry_429 && trace.retries_429 < MAX_429_RETRIES => {
+                    let wait = match resp.headers().get(header::RETRY_AFTER) {
+                        Some(v) => parse_retry_after(v.as_bytes(), SystemTime::now()),
+                        None => Some(CONCURRENCY_429_BACKOFF * 2u32.pow(trace.retries_429)),
+                    };
+                    match wait {
+                        Some(w) if w <= self.settings.max_retry_wait => {
+                            self.metrics.upstream_429.with_label_values(&["retried"]).inc();
+                            drop(resp);
+                            trace.retries_429 += 1;
+                            tokio::time::sleep(w).await;
+                            continue;
+                        }
+                        _ => {
+                            self.metrics.upstream_429.with_label_values(&["returned"]).inc();
+                            return Ok(stream_back(resp, permit));
+                        }
+                    }
+                }
+                status => {
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        self.metrics.upstream_429.with_label_values(&["returned"]).inc();
+                    }
+                    if trace.replayed {
+                        self.metrics.replays.with_label_values(&["ok"]).inc();
+                    }
+                    return Ok(stream_back(resp, permit));
+                }
+            }
+        }
+    }
+
+}
+
+fn stream_back(resp: Response<Incoming>, permit: Permit) -> Response<ProxyBody> {
+    let (parts, body) = resp.into_parts();
+    respond(parts, RespBody::upstream(body, permit))
+}
+
+fn respond(mut parts: http::response::Parts, body: ProxyBody) -> Response<ProxyBody> {
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body)
+}
+
+/// The request body as it can be sent: again and again, or once.
+enum Outgoing {
+    Replayable(Bytes),
+    Once(Option<ReqBody>),
+}
+
+impl Outgoing {
+    fn next(&mut self) -> Option<ReqBody> {
+        match self {
+            Outgoing::Replayable(b) => Some(ReqBody::full(b.clone())),
+            Outgoing::Once(b) => b.take(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Outgoing::Replayable(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_and_invalid_tokens_are_replayable() {
+        let expired = br#"{"data":null,"errors":[{"errorCode":"expired-token","message":"Token is expired. Please ask for new one.","instance":"unknown"}],"metadata":{"requestId":"x"}}"#;
+        let invalid = br#"{"data":null,"errors":[{"errorCode":"invalid-token","message":"Invalid access token.","instance":"x"}]}"#;
+        assert_eq!(classify_401(expired), Rejection::Token);
+        assert_eq!(classify_401(invalid), Rejection::Token);
+    }
+
+    #[test]
+    fn not_approved_missing_and_garbage_are_terminal() {
+        let not_approved = br#"{"data":null,"errors":[{"errorCode":"invalid-token","message":"Addon installation is not approved.","instance":"x"}]}"#;
+        let missing = br#"{"data":null,"errors":[{"errorCode":"missing-access-token","message":"Missing access token.","instance":"x"}]}"#;
+        assert_eq!(classify_401(not_approved), Rejection::Terminal);
+        assert_eq!(classify_401(missing), Rejection::Terminal);
+        assert_eq!(classify_401(b"<html>401</html>"), Rejection::Terminal);
+        assert_eq!(classify_401(b""), Rejection::Terminal);
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_719_835_260);
+        assert_eq!(parse_retry_after(b"3", now), Some(Duration::from_secs(3)));
+        // Mon, 01 Jul 2024 12:01:11 GMT is 11 s after `now`.
+        assert_eq!(
+            parse_retry_after(b"Mon, 01 Jul 2024 12:01:11 GMT", now),
+            Some(Duration::from_secs(11))
+        );
+        assert_eq!(
+            parse_retry_after(b"Mon, 01 Jul 2024 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(b"soon", now), None);
+        assert_eq!(parse_retry_after(b"\xff", now), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Bearer k"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
+    }
+}

@@ -1,0 +1,365 @@
+//! The public listener (SPEC B5): Shoptet's calls to the addon, taken over by the proxy.
+//!
+//! `GET /install?code=` exchanges the one-time code, stores the installation, obtains the webhook
+//! signature key and queues the "installed" event, all inside Shoptet's 5 s; `POST /webhooks`
+//! verifies the signature and queues the body for the addon. Both paths are reachable from the
+//! internet, so each request is judged on its source address first (CIDR allowlists), and nothing
+//! an unauthenticated caller sends can change stored state: a webhook changes an installation's
+//! status only when signed with that installation's key, and an uninstall only after Shoptet
+//! itself confirms it.
+
+use crate::app::App;
+use crate::body::RespBody;
+use crate::error::ProxyError;
+use crate::oauth::FetchError;
+use crate::secret::Secret;
+use crate::shoptet_api;
+use crate::signature;
+use crate::store::{NewInstallation, OutboxKind, Status};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Shoptet fails an installation whose answer takes longer than 5 s; answer within this.
+pub const INSTALL_BUDGET: Duration = Duration::from_millis(4500);
+/// Of the budget, what the code exchange may use; the rest is for storing and the signature key.
+const EXCHANGE_BUDGET: Duration = Duration::from_millis(3000);
+/// Webhook bodies are small JSON; mass events list ids but stay far below this.
+const MAX_WEBHOOK_BODY: usize = 256 * 1024;
+
+type PublicBody = RespBody<()>;
+
+pub struct Public {
+    app: Arc<App>,
+    /// Wakes the outbox worker when something was queued.
+    outbox: Arc<Notify>,
+}
+
+/// The client address: the socket peer, or — when the peer is a trusted proxy — the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !trusted.iter().any(|n| n.contains(ip)))
+        .unwrap_or(peer)
+}
+
+fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
+    list.is_empty() || list.iter().any(|n| n.contains(&ip))
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<PublicBody> {
+    let mut resp = Response::new(PublicBody::full(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+impl Public {
+    pub fn new(app: Arc<App>, outbox: Arc<Notify>) -> Public {
+        Public { app, outbox }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<PublicBody> {
+        let method = req.method().clone();
+        let ip = client_ip(peer.ip(), req.headers(), &self.app.cfg.public.trusted_proxies);
+        let resp = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/install") => {
+                if allowed(&self.app.cfg.public.install_allow, ip) {
+                    self.install(req).await
+                } else {
+                    tracing::warn!(%ip, "install call from an address outside install_allow");
+                    Err(ProxyError::Forbidden)
+                }
+            }
+            (&Method::POST, "/webhooks") => {
+                if allowed(&self.app.cfg.public.webhook_allow, ip) {
+                    self.webhook(req).await
+                } else {
+                    tracing::warn!(%ip, "webhook from an address outside webhook_allow");
+                    Err(ProxyError::Forbidden)
+                }
+            }
+            _ => Err(ProxyError::NotFound),
+        };
+        let resp = resp.unwrap_or_else(|e| e.to_response());
+        self.app
+            .metrics
+            .count_request("public", &method, resp.status().as_u16());
+        resp
+    }
+
+    async fn install(&self, req: Request<Incoming>) -> Result<Response<PublicBody>, ProxyError> {
+        let deadline = Instant::now() + INSTALL_BUDGET;
+        let code = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "code")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .filter(|c| !c.is_empty())
+            .ok_or(ProxyError::BadRequest("the code query parameter is missing"))?;
+        let grant = match tokio::time::timeout(
+            EXCHANGE_BUDGET,
+            self.app.oauth.exchange_code(&code),
+        )
+        .await
+        {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "installation: code exchange failed");
+                return Err(ProxyError::InstallFailed);
+            }
+            Err(_) => {
+                tracing::warn!("installation: the OAuth server did not answer in time");
+                return Err(ProxyError::InstallFailed);
+            }
+        };
+        let eshop_id = grant.eshop_id;
+        let new = NewInstallation {
+            eshop_id,
+            eshop_url: grant.eshop_url.clone(),
+            contact_email: grant.contact_email.clone(),
+            oauth_token: grant.oauth_token,
+        };
+        if let Err(e) = self.app.store.upsert_installation(&new, None).await {
+            tracing::error!(eshop_id, error = %e, "installation: store failed");
+            return Err(ProxyError::InstallFailed);
+        }
+        let tokens = &self.app.proxy.tokens;
+        tokens.forget(eshop_id);
+        // The key lets the proxy verify this e-shop's webhooks. Without it the installation still
+        // works for API calls, so a slow or failing renewal does not fail the installation.
+        match tokio::time::timeout_at(
+            deadline,
+            shoptet_api::renew_signature_key(&self.app.proxy, eshop_id),
+        )
+        .await
+        {
+            Ok(Ok(key)) => {
+                if let Err(e) = self.app.store.set_signature_key(eshop_id, &key).await {
+                    tracing::error!(eshop_id, error = %e, "installation: cannot store the signature key");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(eshop_id, code = e.code(), "installation: no webhook signature key"),
+            Err(_) => tracing::warn!(eshop_id, "installation: signature key not obtained in time"),
+        }
+        if self.app.cfg.addon.events_url.is_some() {
+            let event = serde_json::json!({
+                "event": "installed",
+                "eshopId": eshop_id,
+                "eshopUrl": grant.eshop_url,
+                "contactEmail": grant.contact_email,
+            });
+            match self
+                .app
+                .store
+                .outbox_push(OutboxKind::Event, Some(eshop_id), event.to_string().as_bytes())
+                .await
+            {
+                Ok(_) => self.outbox.notify_one(),
+                Err(e) => tracing::error!(eshop_id, error = %e, "installation: cannot queue the installed event"),
+            }
+        }
+        tracing::info!(eshop_id, "installed");
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"eshopId": eshop_id, "status": "installed"}),
+        ))
+    }
+
+    async fn webhook(&self, req: Request<Incoming>) -> Result<Response<PublicBody>, ProxyError> {
+        let metrics = &self.app.metrics;
+        let reject = |why: &'static str| {
+            metrics.webhooks.with_label_values(&["rejected"]).inc();
+            tracing::warn!(reason = why, "webhook rejected");
+            ProxyError::WebhookRejected
+        };
+        let signature = req
+            .headers()
+            .get("shoptet-webhook-signature")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = Limited::new(req.into_body(), MAX_WEBHOOK_BODY)
+            .collect()
+            .await
+            .map_err(|_| ProxyError::BodyTooLarge)?
+            .to_bytes();
+        let signature = signature.ok_or_else(|| reject("no signature"))?;
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Head {
+            eshop_id: u64,
+            event: String,
+        }
+        let head: Head = serde_json::from_slice(&body)
+            .map_err(|_| ProxyError::BadRequest("the webhook body is not Shoptet's JSON"))?;
+        let eshop_id = head.eshop_id;
+        let inst = match self.app.store.get(eshop_id).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return Err(reject("unknown e-shop")),
+            Err(e) => {
+                tracing::error!(eshop_id, error = %e, "webhook: store unavailable");
+                return Err(ProxyError::TokenUnavailable {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+        };
+        let key = inst.signature_key.as_ref().ok_or_else(|| reject("no signature key stored"))?;
+        if !signature::verify(key.expose().as_bytes(), &body, &signature) {
+            return Err(reject("bad signature"));
+        }
+        metrics.webhooks.with_label_values(&["received"]).inc();
+        if self.app.cfg.addon.webhooks_url.is_some() {
+            if let Err(e) = self
+                .app
+                .store
+                .outbox_push(OutboxKind::Webhook, Some(eshop_id), &body)
+                .await
+            {
+                tracing::error!(eshop_id, error = %e, "webhook: cannot queue");
+                // Shoptet retries a non-200 delivery; nothing is lost.
+                return Err(ProxyError::TokenUnavailable {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            self.outbox.notify_one();
+        }
+        self.system_event(eshop_id, &head.event, inst.oauth_token).await;
+        tracing::info!(eshop_id, event = %head.event, "webhook accepted");
+        Ok(json(StatusCode::OK, &serde_json::json!({"status": "accepted"})))
+    }
+
+    /// Acts on signed `addon:*` events. Suspend and approve take effect at once; uninstall and
+    /// terminate only after Shoptet's OAuth server confirms the token no longer works.
+    async fn system_event(&self, eshop_id: u64, event: &str, oauth_token: Secret) {
+        let tokens = self.app.proxy.tokens.clone();
+        let store = self.app.store.clone();
+        match event {
+            "addon:suspend" | "addon:approve" => {
+                let suspended = event == "addon:suspend";
+                let status = if suspended { Status::Suspended } else { Status::Active };
+                if let Err(e) = store.set_status(eshop_id, status).await {
+                    tracing::error!(eshop_id, error = %e, "cannot store the new status");
+                }
+                tokens.set_suspended(eshop_id, suspended);
+            }
+            "addon:uninstall" | "addon:terminate" => {
+                let oauth = self.app.oauth.clone();
+                tokio::spawn(async move {
+                    match oauth.access_token(&oauth_token).await {
+                        Err(FetchError::NotInstalled | FetchError::Unauthorized) => {
+                            if let Err(e) = store.set_status(eshop_id, Status::Uninstalled).await {
+                                tracing::error!(eshop_id, error = %e, "cannot mark uninstalled");
+                            }
+                            tokens.forget(eshop_id);
+                            tracing::info!(eshop_id, "uninstall confirmed by Shoptet");
+                        }
+                        Ok(token) => {
+                            // Still installed: the event was stale or forged. Keep the token we
+                            // just got rather than waste one of the installation's five.
+                            if let Ok(mut lock) = store.lock_token(eshop_id).await {
+                                let _ = lock.save(&token).await;
+                                lock.release().await;
+                            }
+                            tokens.forget(eshop_id);
+                            tracing::warn!(eshop_id, "uninstall event, but Shoptet still issues tokens: ignored");
+                        }
+                        Err(e) => tracing::warn!(eshop_id, error = %e, "uninstall not confirmed"),
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Rustls server configuration for the public listener from PEM files.
+pub fn tls_acceptor(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let certs = std::fs::read(cert_file)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))
+        .and_then(|pem| {
+            rustls_pemfile::certs(&mut pem.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {e}", cert_file.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate", cert_file.display()));
+    }
+    let key = std::fs::read(key_file)
+        .map_err(|e| format!("{}: {e}", key_file.display()))
+        .and_then(|pem| {
+            rustls_pemfile::private_key(&mut pem.as_slice())
+                .map_err(|e| format!("{}: {e}", key_file.display()))
+        })?
+        .ok_or_else(|| format!("{}: no PEM private key", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().expect("net")).collect()
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 185.184.254.7"));
+        let trusted = nets(&["10.0.0.0/8"]);
+        let direct: IpAddr = "203.0.113.9".parse().expect("ip");
+        assert_eq!(client_ip(direct, &h, &trusted), direct);
+        let via_proxy: IpAddr = "10.1.2.3".parse().expect("ip");
+        assert_eq!(
+            client_ip(via_proxy, &h, &trusted),
+            "185.184.254.7".parse::<IpAddr>().expect("ip")
+        );
+    }
+
+    #[test]
+    fn allowlists_match_cidrs_and_empty_allows_all() {
+        let list = nets(&["78.24.15.64/26", "93.185.110.117/28"]);
+        assert!(allowed(&list, "78.24.15.100".parse().expect("ip")));
+        assert!(!allowed(&list, "78.24.15.128".parse().expect("ip")));
+        assert!(allowed(&[], "8.8.8.8".parse().expect("ip")));
+        let mapped: IpAddr = "::ffff:78.24.15.65".parse().expect("ip");
+        assert!(allowed(&list, mapped.to_canonical()));
+    }
+}

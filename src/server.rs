@@ -1,0 +1,155 @@
+//! Listener plumbing shared by the proxy, public and admin listeners (SPEC B1).
+//!
+//! Accepts TCP (optionally TLS) connections and serves each with hyper-util's auto builder, so
+//! clients may speak HTTP/1.1 with keep-alive or HTTP/2 with prior knowledge. Bounded on purpose:
+//! a connection count cap, a header read timeout (slowloris), a header size cap. On shutdown it
+//! stops accepting, lets every connection finish its in-flight requests (HTTP/1 connections close
+//! after the current response, HTTP/2 ones get GOAWAY) and gives up after the drain timeout.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// Time a client gets to send a complete request head; longer is a slowloris.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections per listener; beyond it new connections wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 10_000;
+/// Request head size cap (HTTP/1 buffer; HTTP/2 header list).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// HTTP/2 concurrent streams per connection.
+const MAX_STREAMS: u32 = 256;
+
+/// A shutdown signal: `trigger` once, every listener sees it.
+#[derive(Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+    rx: watch::Receiver<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        Shutdown {
+            tx: Arc::new(tx),
+            rx,
+        }
+    }
+
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        // An error means the sender is gone, which also ends the wait.
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// Serves `listener` until `shutdown`, then drains for at most `drain_timeout`.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: H,
+    shutdown: Shutdown,
+    drain_timeout: Duration,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = Arc::new(builder());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.wait() => break,
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let fut = handler(req, peer);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; cutting the remaining connections");
+    }
+}

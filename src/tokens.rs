@@ -1,0 +1,352 @@
+//! The API access token cache: one current token per e-shop, fetched single-flight (SPEC B2).
+//!
+//! Shoptet allows only 5 valid tokens per installation, so minting one per request, per replica or
+//! per 401 is a bug. Invariants kept here:
+//! - at most one fetch per e-shop runs at a time in this process (the entry's `fetch` mutex), and
+//!   the store's token lock extends that across replicas; whoever waited re-checks and adopts the
+//!   token the fetch produced;
+//! - a token with less than `refresh_margin` left keeps serving while one background task renews it;
+//! - a 401 invalidates a token only if it is still the current one, so 20 requests rejected
+//!   together cause one refresh, not 20;
+//! - a failed fetch is remembered with exponential backoff, and requests fail fast meanwhile.
+//!
+//! No map guard is ever held across an `.await`: entries are `Arc`s cloned out of the map, and
+//! their state sits behind a std mutex held only for a few field reads.
+
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::oauth::{FetchError, OAuthClient};
+use crate::secret::Secret;
+use crate::store::{AccessToken, Status, Store};
+use dashmap::DashMap;
+use http::HeaderValue;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+/// First backoff after a failed fetch; doubles up to `token_backoff_max` (SPEC B2).
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// A token ready to be sent: the header value is built once, not per request.
+#[derive(Debug)]
+pub struct Token {
+    pub header: HeaderValue,
+    secret: Secret,
+    expires_at: Instant,
+    /// Unique per minted or adopted token in this process; identifies "the current one".
+    generation: u64,
+}
+
+impl Token {
+    fn remaining_at(&self, now: Instant) -> Duration {
+        self.expires_at.saturating_duration_since(now)
+    }
+
+    /// Time until Shoptet considers this token expired.
+    pub fn remaining(&self) -> Duration {
+        self.remaining_at(Instant::now())
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct TokenConfig {
+    pub refresh_margin: Duration,
+    pub backoff_max: Duration,
+}
+
+pub struct TokenCache {
+    entries: DashMap<u64, Arc<Entry>>,
+    store: Store,
+    oauth: Arc<OAuthClient>,
+    metrics: Arc<Metrics>,
+    cfg: TokenConfig,
+    generations: AtomicU64,
+}
+
+#[derive(Default)]
+struct Entry {
+    state: Mutex<State>,
+    fetch: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    token: Option<Arc<Token>>,
+    failure: Option<Failure>,
+    /// Set by a signed `addon:suspend` webhook: refuse without asking Shoptet.
+    suspended: bool,
+    backoff: Option<Duration>,
+}
+
+#[derive(Clone)]
+struct Failure {
+    error: ProxyError,
+    until: Instant,
+}
+
+impl State {
+    fn usable(&self, now: Instant, min_left: Duration, rejected: Option<u64>) -> Option<Arc<Token>> {
+        self.token
+            .as_ref()
+            .filter(|t| Some(t.generation) != rejected && t.remaining_at(now) > min_left)
+            .cloned()
+    }
+
+    fn blocked(&self, now: Instant) -> Option<ProxyError> {
+        if self.suspended {
+            return Some(ProxyError::EshopSuspended);
+        }
+        let f = self.failure.as_ref().filter(|f| f.until > now)?;
+        Some(with_retry_after(&f.error, f.until - now))
+    }
+}
+
+fn with_retry_after(e: &ProxyError, left: Duration) -> ProxyError {
+    match e {
+        ProxyError::TokenUnavailable { .. } => ProxyError::TokenUnavailable { retry_after: left },
+        ProxyError::TokenLimitReached { .. } => ProxyError::TokenLimitReached { retry_after: left },
+        other => other.clone(),
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // State is a handful of fields, each valid on its own; a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn to_instant(at: SystemTime) -> Instant {
+    let now = Instant::now();
+    match at.duration_since(SystemTime::now()) {
+        Ok(left) => now + left,
+        Err(_) => now,
+    }
+}
+
+impl TokenCache {
+    pub fn new(
+        store: Store,
+        oauth: Arc<OAuthClient>,
+        metrics: Arc<Metrics>,
+        cfg: TokenConfig,
+    ) -> TokenCache {
+        TokenCache {
+            entries: DashMap::new(),
+            store,
+            oauth,
+            metrics,
+            cfg,
+            generations: AtomicU64::new(1),
+        }
+    }
+
+    fn entry(&self, eshop_id: u64) -> Arc<Entry> {
+        if let Some(e) = self.entries.get(&eshop_id) {
+            return e.clone();
+        }
+        self.entries.entry(eshop_id).or_default().clone()
+    }
+
+    /// Below this a cached token is not sent: it could expire on the way. Above it but within
+    /// the margin, it is sent while a background refresh runs.
+    fn min_left(&self) -> Duration {
+        (self.cfg.refresh_margin / 2).min(Duration::from_secs(10))
+    }
+
+    /// The token to send for `eshop_id` now.
+    pub async fn get(self: &Arc<Self>, eshop_id: u64) -> Result<Arc<Token>, ProxyError> {
+        let entry = self.entry(eshop_id);
+        let now = Instant::now();
+        {
+            let st = lock(&entry.state);
+            if st.suspended {
+                return Err(ProxyError::EshopSuspended);
+            }
+            if let Some(t) = st.usable(now, self.min_left(), None) {
+                drop(st);
+                if t.remaining_at(now) <= self.cfg.refresh_margin {
+                    self.refresh_in_background(eshop_id, &entry);
+                }
+                return Ok(t);
+            }
+            if let Some(e) = st.blocked(now) {
+                return Err(e);
+            }
+        }
+        self.fetch(eshop_id, &entry, self.min_left(), None).await
+    }
+
+    /// Shoptet rejected `rejected` with `expired-token`/`invalid-token`: get a token to replay
+    /// with. Mints only if `rejected` is still the current token.
+    pub async fn replace(
+        self: &Arc<Self>,
+        eshop_id: u64,
+        rejected: &Token,
+    ) -> Result<Arc<Token>, ProxyError> {
+        let entry = self.entry(eshop_id);
+        {
+            let mut st = lock(&entry.state);
+            if st.token.as_ref().map(|t| t.generation) == Some(rejected.generation) {
+                st.token = None;
+            } else if let Some(t) = st.usable(Instant::now(), self.min_left(), Some(rejected.generation)) {
+                return Ok(t);
+            }
+        }
+        self.fetch(eshop_id, &entry, self.min_left(), Some(rejected))
+            .await
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, eshop_id: u64, entry: &Arc<Entry>) {
+        if entry.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            // Errors are recorded in the entry (backoff) and counted; the old token serves on.
+            let _ = this
+                .fetch(eshop_id, &entry, this.cfg.refresh_margin, None)
+                .await;
+            entry.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Single-flight fetch: waits for any fetch in progress, then re-checks before minting.
+    async fn fetch(
+        &self,
+        eshop_id: u64,
+        entry: &Entry,
+        min_left: Duration,
+        rejected: Option<&Token>,
+    ) -> Result<Arc<Token>, ProxyError> {
+        let _flight = entry.fetch.lock().await;
+        {
+            let st = lock(&entry.state);
+            let now = Instant::now();
+            if let Some(t) = st.usable(now, min_left, rejected.map(|t| t.generation)) {
+                return Ok(t);
+            }
+            if let Some(e) = st.blocked(now) {
+                return Err(e);
+            }
+        }
+        let result = self.obtain(eshop_id, rejected.map(|t| &t.secret)).await;
+        let mut st = lock(&entry.state);
+        match result {
+            Ok(t) => {
+                st.failure = None;
+                st.backoff = None;
+                st.token = Some(t.clone());
+                Ok(t)
+            }
+            Err(error) => {
+                let backoff = st
+                    .backoff
+                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(self.cfg.backoff_max));
+                st.backoff = Some(backoff);
+                st.failure = Some(Failure {
+                    error: error.clone(),
+                    until: Instant::now() + backoff,
+                });
+                Err(with_retry_after(&error, backoff))
+            }
+        }
+    }
+
+    /// Gets a token from the store (another replica or an earlier run minted it) or from Shoptet,
+    /// under the store's per-e-shop lock.
+    async fn obtain(&self, eshop_id: u64, rejected: Option<&Secret>) -> Result<Arc<Token>, ProxyError> {
+        let unavailable = || ProxyError::TokenUnavailable {
+            retry_after: FIRST_BACKOFF,
+        };
+        let mut lock = self.store.lock_token(eshop_id).await.map_err(|e| {
+            tracing::warn!(eshop_id, error = %e, "store unavailable for token lock");
+            unavailable()
+        })?;
+        let inst = self
+            .store
+            .get(eshop_id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(eshop_id, error = %e, "store read failed");
+                unavailable()
+            })?
+            .ok_or(ProxyError::EshopNotInstalled)?;
+        match inst.status {
+            Status::Active => {}
+            Status::Suspended => return Err(ProxyError::EshopSuspended),
+            Status::Uninstalled => return Err(ProxyError::EshopNotInstalled),
+        }
+        let stored = lock.current().await.map_err(|e| {
+            tracing::warn!(eshop_id, error = %e, "store read failed");
+            unavailable()
+        })?;
+        if let Some(stored) = stored {
+            let left = stored
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if left > self.cfg.refresh_margin && rejected.is_none_or(|r| r != &stored.token) {
+                lock.release().await;
+                return Ok(self.ready(stored));
+            }
+        }
+        let started = Instant::now();
+        let fetched = self.oauth.access_token(&inst.oauth_token).await;
+        self.metrics
+            .token_fetch_duration
+            .observe(started.elapsed().as_secs_f64());
+        let label = fetched.as_ref().map_or_else(FetchError::label, |_| "ok");
+        self.metrics.token_fetches.with_label_values(&[label]).inc();
+        let token = match fetched {
+            Ok(t) => t,
+            Err(e) => {
+                lock.release().await;
+                tracing::warn!(eshop_id, error = %e, "getAccessToken failed");
+                return Err(match e {
+                    FetchError::Unauthorized => ProxyError::OAuthTokenRejected,
+                    FetchError::Suspended => ProxyError::EshopSuspended,
+                    FetchError::NotInstalled => ProxyError::EshopNotInstalled,
+                    FetchError::MaxTokens => ProxyError::TokenLimitReached {
+                        retry_after: FIRST_BACKOFF,
+                    },
+                    FetchError::Other(_) => unavailable(),
+                });
+            }
+        };
+        if let Err(e) = lock.save(&token).await {
+            // The token works even if it could not be persisted; a restart would mint one more.
+            tracing::warn!(eshop_id, error = %e, "could not persist the new API token");
+        }
+        lock.release().await;
+        tracing::debug!(eshop_id, "minted a new API access token");
+        Ok(self.ready(token))
+    }
+
+    fn ready(&self, t: AccessToken) -> Arc<Token> {
+        let mut header = HeaderValue::from_str(t.token.expose())
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        header.set_sensitive(true);
+        Arc::new(Token {
+            header,
+            expires_at: to_instant(t.expires_at),
+            secret: t.token,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// A signed `addon:suspend` / `addon:approve` arrived, or an admin changed the installation:
+    /// forget what is cached so the next request re-reads the store.
+    pub fn set_suspended(&self, eshop_id: u64, suspended: bool) {
+        let entry = self.entry(eshop_id);
+        let mut st = lock(&entry.state);
+        st.suspended = suspended;
+        st.failure = None;
+        st.backoff = None;
+    }
+
+    /// The installation was replaced or removed: drop its cached token and any cached failure.
+    pub fn forget(&self, eshop_id: u64) {
+        self.entries.remove(&eshop_id);
+    }
+}
