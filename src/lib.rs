@@ -11,3 +11,4 @@ pub const VERSION: &str = concat!(
     ")"
 );
 pub mod secret;
+pub mod store;
