@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use rand::RngCore as _;
 
 use crate::config::{Config, ConfigError};
