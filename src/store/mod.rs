@@ -230,6 +230,21 @@ pub(crate) struct RawSecrets {
     pub values: [Option<Vec<u8>>; 3],
 }
 
+/// A compare-and-swap of one sealed value during `rekey`: `old` is replaced by `new` only if it
+/// is still stored, so a value written meanwhile wins.
+pub(crate) struct Reseal {
+    pub eshop_id: i64,
+    /// One of [`SECRET_COLUMNS`]; never input-derived, so it can be spliced into SQL.
+    pub column: &'static str,
+    pub old: Vec<u8>,
+    pub new: Vec<u8>,
+}
+
+/// The statement applying a [`Reseal`], with the dialect's placeholders for id, old and new.
+pub(crate) fn reseal_sql(column: &'static str, id: &str, old: &str, new: &str) -> String {
+    format!("UPDATE installations SET {column} = {new} WHERE eshop_id = {id} AND {column} = {old}")
+}
+
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
@@ -444,9 +459,9 @@ impl Store {
                 return Ok(rewritten);
             };
             after = last.eshop_id;
+            let mut reseals = Vec::new();
             for row in batch {
                 let eshop_id = app_id(row.eshop_id)?;
-                let mut changed = false;
                 for (column, value) in SECRET_COLUMNS.into_iter().zip(row.values) {
                     let Some(old) = value else { continue };
                     if self.keys.is_current(&old) {
@@ -454,10 +469,21 @@ impl Store {
                     }
                     let plain = self.keys.open(eshop_id, column, &old)?;
                     let new = self.keys.seal(eshop_id, column, &plain)?;
-                    changed |= dispatch!(self, b => b.replace_sealed(row.eshop_id, column, old, new).await)?;
+                    reseals.push(Reseal {
+                        eshop_id: row.eshop_id,
+                        column,
+                        old,
+                        new,
+                    });
                 }
-                rewritten += u64::from(changed);
             }
+            if reseals.is_empty() {
+                continue;
+            }
+            let mut changed = dispatch!(self, b => b.reseal(reseals).await)?;
+            // Ids come in table order, a row's columns together.
+            changed.dedup();
+            rewritten += u64::try_from(changed.len()).unwrap_or(u64::MAX);
         }
     }
 

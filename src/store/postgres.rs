@@ -16,8 +16,8 @@ use deadpool_postgres::{
 use tokio_postgres::NoTls;
 
 use super::migrations;
+use super::{reseal_sql, Reseal, StoreError, SECRET_COLUMNS};
 use super::{RawAccessToken, RawInstallation, RawOutbox, RawSecrets, RawSummary, RawUpsert};
-use super::{StoreError, SECRET_COLUMNS};
 
 const POOL_SIZE: usize = 16;
 /// Bounds waiting for a free connection and for a new one, so a dead database fails requests
@@ -324,23 +324,21 @@ impl PgStore {
             .collect()
     }
 
-    /// Compare-and-swap of one sealed value; `column` is one of [`SECRET_COLUMNS`].
-    pub(crate) async fn replace_sealed(
-        &self,
-        id: i64,
-        column: &'static str,
-        old: Vec<u8>,
-        new: Vec<u8>,
-    ) -> Result<bool, StoreError> {
-        let n = self
-            .exec(
-                &format!(
-                    "UPDATE installations SET {column} = $3 WHERE eshop_id = $1 AND {column} = $2"
-                ),
-                &[&id, &old, &new],
-            )
-            .await?;
-        Ok(n > 0)
+    /// Applies a batch of re-sealed values in one transaction; returns the ids of the rows changed.
+    pub(crate) async fn reseal(&self, batch: Vec<Reseal>) -> Result<Vec<i64>, StoreError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let mut changed = Vec::new();
+        for r in batch {
+            let stmt = tx
+                .prepare_cached(&reseal_sql(r.column, "$1", "$2", "$3"))
+                .await?;
+            if tx.execute(&stmt, &[&r.eshop_id, &r.old, &r.new]).await? > 0 {
+                changed.push(r.eshop_id);
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     async fn exec(

@@ -14,8 +14,8 @@ use dashmap::DashMap;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::migrations;
+use super::{reseal_sql, Reseal, StoreError, SECRET_COLUMNS};
 use super::{RawAccessToken, RawInstallation, RawOutbox, RawSecrets, RawSummary, RawUpsert};
-use super::{StoreError, SECRET_COLUMNS};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -333,20 +333,22 @@ impl SqliteStore {
         .await
     }
 
-    /// Compare-and-swap of one sealed value; `column` is one of [`SECRET_COLUMNS`].
-    pub(crate) async fn replace_sealed(
-        &self,
-        id: i64,
-        column: &'static str,
-        old: Vec<u8>,
-        new: Vec<u8>,
-    ) -> Result<bool, StoreError> {
+    /// Applies a batch of re-sealed values in one transaction (one sync to disk, not one per
+    /// value); returns the ids of the rows changed.
+    pub(crate) async fn reseal(&self, batch: Vec<Reseal>) -> Result<Vec<i64>, StoreError> {
         self.run(move |c| {
-            c.prepare_cached(&format!(
-                "UPDATE installations SET {column} = ?3 WHERE eshop_id = ?1 AND {column} = ?2"
-            ))?
-            .execute(params![id, old, new])
-            .map(|n| n > 0)
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut changed = Vec::new();
+            for r in batch {
+                let n = tx
+                    .prepare_cached(&reseal_sql(r.column, "?1", "?2", "?3"))?
+                    .execute(params![r.eshop_id, r.old, r.new])?;
+                if n > 0 {
+                    changed.push(r.eshop_id);
+                }
+            }
+            tx.commit()?;
+            Ok(changed)
         })
         .await
     }
