@@ -169,20 +169,28 @@ impl Admin {
         }
     }
 
-    async fn import(&self, eshop_id: u64, body: Incoming) -> Result<Response<AdminBody>, ProxyError> {
+    async fn import(
+        &self,
+        eshop_id: u64,
+        body: Incoming,
+    ) -> Result<Response<AdminBody>, ProxyError> {
         let bytes = Limited::new(body, MAX_IMPORT_BODY)
             .collect()
             .await
             .map_err(|_| ProxyError::BodyTooLarge)?
             .to_bytes();
         let import: Import = serde_json::from_slice(&bytes).map_err(|_| {
-            ProxyError::BadRequest("the body must be the JSON of Shoptet's code exchange, with access_token")
+            ProxyError::BadRequest(
+                "the body must be the JSON of Shoptet's code exchange, with access_token",
+            )
         })?;
         if import.access_token.is_empty() {
             return Err(ProxyError::BadRequest("access_token is empty"));
         }
         if import.eshop_id.is_some_and(|id| id != eshop_id) {
-            return Err(ProxyError::BadRequest("eshopId in the body differs from the path"));
+            return Err(ProxyError::BadRequest(
+                "eshopId in the body differs from the path",
+            ));
         }
         let new = NewInstallation {
             eshop_id,
@@ -200,7 +208,11 @@ impl Admin {
                 Err(e) => return Ok(store_failed(e)),
             },
             Err(e) => {
-                tracing::warn!(eshop_id, code = e.code(), "import: no webhook signature key");
+                tracing::warn!(
+                    eshop_id,
+                    code = e.code(),
+                    "import: no webhook signature key"
+                );
                 "failed"
             }
         };

@@ -132,7 +132,12 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
     );
     let proxy = Arc::new(Proxy {
         settings: ProxySettings {
-            api_base: cfg.shoptet.api_url.as_str().trim_end_matches('/').to_owned(),
+            api_base: cfg
+                .shoptet
+                .api_url
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned(),
             eshop_header: cfg.proxy.eshop_header.clone(),
             max_replay_body: cfg.proxy.max_replay_body,
             max_retry_wait: cfg.proxy.max_retry_wait,
@@ -146,12 +151,12 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
     });
 
     let public_tls = match (&cfg.public.tls_cert_file, &cfg.public.tls_key_file) {
-        (Some(cert), Some(key)) => Some(crate::public::tls_acceptor(cert, key).map_err(|detail| {
-            StartError::Invalid {
+        (Some(cert), Some(key)) => Some(crate::public::tls_acceptor(cert, key).map_err(
+            |detail| StartError::Invalid {
                 what: "public.tls_cert_file/tls_key_file",
                 detail,
-            }
-        })?),
+            },
+        )?),
         _ => None,
     };
 
@@ -169,16 +174,20 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
         })?),
         None => None,
     };
-    let proxy_addr = proxy_listener.local_addr().map_err(|source| StartError::Bind {
-        listener: "proxy",
-        addr: cfg.proxy.listen,
-        source,
-    })?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-        listener: "admin",
-        addr: cfg.admin.listen,
-        source,
-    })?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            listener: "proxy",
+            addr: cfg.proxy.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            listener: "admin",
+            addr: cfg.admin.listen,
+            source,
+        })?;
 
     let drain = cfg.proxy.shutdown_timeout;
     let app = Arc::new(App {
@@ -281,7 +290,10 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -109,7 +109,16 @@ mod tests {
         assert_eq!(parse_filling(b"12/200"), Some((12.0, 200.0)));
         assert_eq!(parse_filling(b" 200/200 "), Some((200.0, 200.0)));
         assert_eq!(parse_filling(b"1.5/200"), Some((1.5, 200.0)));
-        for bad in [&b""[..], b"12", b"/200", b"12/0", b"-1/200", b"a/b", b"NaN/200", b"\xff/1"] {
+        for bad in [
+            &b""[..],
+            b"12",
+            b"/200",
+            b"12/0",
+            b"-1/200",
+            b"a/b",
+            b"NaN/200",
+            b"\xff/1",
+        ] {
             assert_eq!(parse_filling(bad), None, "{bad:?}");
         }
     }
@@ -128,7 +137,10 @@ mod tests {
         b.answered(now, Some((195.0, 200.0)));
         // Cost ~1, reserve 10: needs level <= 189, i.e. 6 drops drained = 0.6 s.
         let w = b.wait(now, 10.0);
-        assert!(w > Duration::from_millis(550) && w < Duration::from_millis(700), "{w:?}");
+        assert!(
+            w > Duration::from_millis(550) && w < Duration::from_millis(700),
+            "{w:?}"
+        );
         assert_eq!(b.wait(now + Duration::from_secs(1), 10.0), Duration::ZERO);
     }
 

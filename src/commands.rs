@@ -84,13 +84,15 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 format: crate::config::LogFormat::Text,
                 level: "info".into(),
             });
-            Ok(match runtime()?.block_on(crate::sim::run_cli(args.clone())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("shoptet-proxy: {e}");
-                    ExitCode::FAILURE
-                }
-            })
+            Ok(
+                match runtime()?.block_on(crate::sim::run_cli(args.clone())) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("shoptet-proxy: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+            )
         }
         Command::Store(StoreCommand::Rekey) => {
             let cfg = config_or_exit(&cli)?;
@@ -128,7 +130,10 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                             return Err(ExitCode::from(2));
                         }
                         Err(e) => {
-                            eprintln!("shoptet-proxy: cannot read {}: {e}", oauth_token_file.display());
+                            eprintln!(
+                                "shoptet-proxy: cannot read {}: {e}",
+                                oauth_token_file.display()
+                            );
                             return Err(ExitCode::from(2));
                         }
                     };

@@ -859,7 +859,7 @@ impl Validator<'_> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(self.err(key, format!("{value:?} must use http:// or https://")));
         }
-        if url.host_str().map_or(true, str::is_empty) {
+        if url.host_str().is_none_or(str::is_empty) {
             return Err(self.err(key, format!("{value:?} has no host")));
         }
         Ok(url)

@@ -42,15 +42,13 @@ pub async fn run(mut cfg: Config) -> Result<(), DemoError> {
     let sim = Simulator::start(sim_cfg.clone(), loopback).await?;
     let installation = sim.create_eshop(DEMO_ESHOP);
 
-    let dir = TempDir(std::env::temp_dir().join(format!("shoptet-proxy-demo-{}", std::process::id())));
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("shoptet-proxy-demo-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).map_err(|e| DemoError::Dir(dir.0.clone(), e))?;
-    let sim_url: url::Url = sim
-        .base_url()
-        .parse()
-        .map_err(|_| StartError::Invalid {
-            what: "simulator URL",
-            detail: sim.base_url(),
-        })?;
+    let sim_url: url::Url = sim.base_url().parse().map_err(|_| StartError::Invalid {
+        what: "simulator URL",
+        detail: sim.base_url(),
+    })?;
     cfg.shoptet.api_url = sim_url.clone();
     cfg.shoptet.partner_url = sim_url;
     cfg.shoptet.client_id = sim_cfg.client_id.clone();

@@ -27,7 +27,9 @@ pub enum ProxyError {
     EshopNotInstalled,
     #[error("the addon is suspended in this e-shop")]
     EshopSuspended,
-    #[error("Shoptet rejected the installation's OAuth token; the e-shop must reinstall the addon")]
+    #[error(
+        "Shoptet rejected the installation's OAuth token; the e-shop must reinstall the addon"
+    )]
     OAuthTokenRejected,
     #[error("only /api/... paths are forwarded to Shoptet")]
     NotFound,
@@ -105,7 +107,9 @@ impl ProxyError {
         match self {
             QueueFull { retry_after }
             | TokenUnavailable { retry_after }
-            | TokenLimitReached { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            | TokenLimitReached { retry_after } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
             _ => None,
         }
     }

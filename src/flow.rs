@@ -199,7 +199,9 @@ impl Permit {
             b.answered(Instant::now(), filling);
             self.awaiting_answer = false;
         }
-        if status == http::StatusCode::TOO_MANY_REQUESTS && headers.contains_key(http::header::RETRY_AFTER) {
+        if status == http::StatusCode::TOO_MANY_REQUESTS
+            && headers.contains_key(http::header::RETRY_AFTER)
+        {
             b.overflowed(Instant::now());
         }
     }

@@ -6,8 +6,8 @@
 //! The hot path uses pre-resolved handles (`requests_proxy`), not label lookups.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// 1 ms … 60 s: a proxy hop costs about a millisecond, Shoptet answers in tens to hundreds of

@@ -65,14 +65,22 @@ async fn deliver(app: &App, item: OutboxItem) {
         // The target was unset after the item was queued: keep it until one is configured.
         let _ = app
             .store
-            .outbox_retry_at(item.id, item.attempts, SystemTime::now() + app.cfg.addon.retry_max)
+            .outbox_retry_at(
+                item.id,
+                item.attempts,
+                SystemTime::now() + app.cfg.addon.retry_max,
+            )
             .await;
         return;
     };
     let ok = match post(app, url.as_str(), item.body.clone()).await {
         Ok(status) if status.is_success() => true,
         Ok(status) => {
-            tracing::warn!(id = item.id, status = status.as_u16(), "outbox: addon refused delivery");
+            tracing::warn!(
+                id = item.id,
+                status = status.as_u16(),
+                "outbox: addon refused delivery"
+            );
             false
         }
         Err(e) => {
@@ -100,7 +108,10 @@ async fn post(app: &App, url: &str, body: Vec<u8>) -> Result<http::StatusCode, S
     let req = Request::builder()
         .method(Method::POST)
         .uri(url)
-        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
         .body(ReqBody::full(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(DELIVERY_TIMEOUT, app.proxy.client.request(req))

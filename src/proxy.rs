@@ -97,8 +97,10 @@ fn classify_401(body: &[u8]) -> Rejection {
     };
     let items = env.errors.unwrap_or_default();
     let retriable = items.iter().any(|i| {
-        matches!(i.error_code.as_deref(), Some("expired-token" | "invalid-token"))
-            && i.message.as_deref() != Some(NOT_APPROVED)
+        matches!(
+            i.error_code.as_deref(),
+            Some("expired-token" | "invalid-token")
+        ) && i.message.as_deref() != Some(NOT_APPROVED)
     });
     let terminal = items
         .iter()
@@ -143,7 +145,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    let hop: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
     for n in hop {
         headers.remove(n);
     }
@@ -159,7 +165,10 @@ impl Proxy {
         let resp = match self.forward(req, arrived, &mut trace).await {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.proxy_errors.with_label_values(&[e.code()]).inc();
+                self.metrics
+                    .proxy_errors
+                    .with_label_values(&[e.code()])
+                    .inc();
                 e.to_response()
             }
         };
@@ -194,9 +203,7 @@ impl Proxy {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .ok_or(ProxyError::Unauthorized)?;
         // Every key is compared, so timing reveals neither which key matched nor how much.
-        let matched = keys
-            .iter()
-            .fold(false, |acc, k| k.ct_eq(presented) | acc);
+        let matched = keys.iter().fold(false, |acc, k| k.ct_eq(presented) | acc);
         matched.then_some(()).ok_or(ProxyError::Unauthorized)
     }
 
@@ -215,7 +222,9 @@ impl Proxy {
         let eshop_id = tagged.eshop_id;
         trace.eshop_id = Some(eshop_id);
         let mut target = String::with_capacity(
-            self.settings.api_base.len() + tagged.path.len() + tagged.query.map_or(0, |q| q.len() + 1),
+            self.settings.api_base.len()
+                + tagged.path.len()
+                + tagged.query.map_or(0, |q| q.len() + 1),
         );
         target.push_str(&self.settings.api_base);
         target.push_str(tagged.path);
@@ -265,11 +274,14 @@ impl Proxy {
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = uri.clone();
             *req.headers_mut() = headers.clone();
-            req.headers_mut().insert(TOKEN_HEADER.clone(), token.header.clone());
+            req.headers_mut()
+                .insert(TOKEN_HEADER.clone(), token.header.clone());
 
             permit.sending();
             let sent = Instant::now();
-            let result = tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req)).await;
+            let result =
+                tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req))
+                    .await;
             let took = sent.elapsed();
             trace.upstream += took;
             self.metrics.upstream_duration.observe(took.as_secs_f64());
@@ -296,14 +308,21 @@ impl Proxy {
                             token = match self.tokens.replace(eshop_id, &token).await {
                                 Ok(t) => t,
                                 Err(e) => {
-                                    self.metrics.replays.with_label_values(&["refresh_failed"]).inc();
+                                    self.metrics
+                                        .replays
+                                        .with_label_values(&["refresh_failed"])
+                                        .inc();
                                     return Err(e);
                                 }
                             };
                             trace.replayed = true;
                             continue;
                         }
-                        let outcome = if trace.replayed { "rejected_again" } else { "not_replayable" };
+                        let outcome = if trace.replayed {
+                            "rejected_again"
+                        } else {
+                            "not_replayable"
+                        };
                         self.metrics.replays.with_label_values(&[outcome]).inc();
                         // The next request should not meet the same dead token.
                         if !trace.replayed {
@@ -316,28 +335,39 @@ impl Proxy {
                     }
                     return Ok(respond(parts401, RespBody::full(bytes)));
                 }
-                StatusCode::TOO_MANY_REQUESTS if retry_429 && trace.retries_429 < MAX_429_RETRIES => {
+                StatusCode::TOO_MANY_REQUESTS
+                    if retry_429 && trace.retries_429 < MAX_429_RETRIES =>
+                {
                     let wait = match resp.headers().get(header::RETRY_AFTER) {
                         Some(v) => parse_retry_after(v.as_bytes(), SystemTime::now()),
                         None => Some(CONCURRENCY_429_BACKOFF * 2u32.pow(trace.retries_429)),
                     };
                     match wait {
                         Some(w) if w <= self.settings.max_retry_wait => {
-                            self.metrics.upstream_429.with_label_values(&["retried"]).inc();
+                            self.metrics
+                                .upstream_429
+                                .with_label_values(&["retried"])
+                                .inc();
                             drop(resp);
                             trace.retries_429 += 1;
                             tokio::time::sleep(w).await;
                             continue;
                         }
                         _ => {
-                            self.metrics.upstream_429.with_label_values(&["returned"]).inc();
+                            self.metrics
+                                .upstream_429
+                                .with_label_values(&["returned"])
+                                .inc();
                             return Ok(stream_back(resp, permit));
                         }
                     }
                 }
                 status => {
                     if status == StatusCode::TOO_MANY_REQUESTS {
-                        self.metrics.upstream_429.with_label_values(&["returned"]).inc();
+                        self.metrics
+                            .upstream_429
+                            .with_label_values(&["returned"])
+                            .inc();
                     }
                     if trace.replayed {
                         self.metrics.replays.with_label_values(&["ok"]).inc();
@@ -347,7 +377,6 @@ impl Proxy {
             }
         }
     }
-
 }
 
 fn stream_back(resp: Response<Incoming>, permit: Permit) -> Response<ProxyBody> {
@@ -421,7 +450,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));

@@ -84,7 +84,11 @@ impl Public {
 
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<PublicBody> {
         let method = req.method().clone();
-        let ip = client_ip(peer.ip(), req.headers(), &self.app.cfg.public.trusted_proxies);
+        let ip = client_ip(
+            peer.ip(),
+            req.headers(),
+            &self.app.cfg.public.trusted_proxies,
+        );
         let resp = match (req.method(), req.uri().path()) {
             (&Method::GET, "/install") => {
                 if allowed(&self.app.cfg.public.install_allow, ip) {
@@ -122,12 +126,11 @@ impl Public {
                     .map(|(_, v)| v.into_owned())
             })
             .filter(|c| !c.is_empty())
-            .ok_or(ProxyError::BadRequest("the code query parameter is missing"))?;
-        let grant = match tokio::time::timeout(
-            EXCHANGE_BUDGET,
-            self.app.oauth.exchange_code(&code),
-        )
-        .await
+            .ok_or(ProxyError::BadRequest(
+                "the code query parameter is missing",
+            ))?;
+        let grant = match tokio::time::timeout(EXCHANGE_BUDGET, self.app.oauth.exchange_code(&code))
+            .await
         {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => {
@@ -165,7 +168,11 @@ impl Public {
                     tracing::error!(eshop_id, error = %e, "installation: cannot store the signature key");
                 }
             }
-            Ok(Err(e)) => tracing::warn!(eshop_id, code = e.code(), "installation: no webhook signature key"),
+            Ok(Err(e)) => tracing::warn!(
+                eshop_id,
+                code = e.code(),
+                "installation: no webhook signature key"
+            ),
             Err(_) => tracing::warn!(eshop_id, "installation: signature key not obtained in time"),
         }
         if self.app.cfg.addon.events_url.is_some() {
@@ -178,11 +185,17 @@ impl Public {
             match self
                 .app
                 .store
-                .outbox_push(OutboxKind::Event, Some(eshop_id), event.to_string().as_bytes())
+                .outbox_push(
+                    OutboxKind::Event,
+                    Some(eshop_id),
+                    event.to_string().as_bytes(),
+                )
                 .await
             {
                 Ok(_) => self.outbox.notify_one(),
-                Err(e) => tracing::error!(eshop_id, error = %e, "installation: cannot queue the installed event"),
+                Err(e) => {
+                    tracing::error!(eshop_id, error = %e, "installation: cannot queue the installed event")
+                }
             }
         }
         tracing::info!(eshop_id, "installed");
@@ -229,7 +242,10 @@ impl Public {
                 });
             }
         };
-        let key = inst.signature_key.as_ref().ok_or_else(|| reject("no signature key stored"))?;
+        let key = inst
+            .signature_key
+            .as_ref()
+            .ok_or_else(|| reject("no signature key stored"))?;
         if !signature::verify(key.expose().as_bytes(), &body, &signature) {
             return Err(reject("bad signature"));
         }
@@ -249,9 +265,13 @@ impl Public {
             }
             self.outbox.notify_one();
         }
-        self.system_event(eshop_id, &head.event, inst.oauth_token).await;
+        self.system_event(eshop_id, &head.event, inst.oauth_token)
+            .await;
         tracing::info!(eshop_id, event = %head.event, "webhook accepted");
-        Ok(json(StatusCode::OK, &serde_json::json!({"status": "accepted"})))
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "accepted"}),
+        ))
     }
 
     /// Acts on signed `addon:*` events. Suspend and approve take effect at once; uninstall and
@@ -262,7 +282,11 @@ impl Public {
         match event {
             "addon:suspend" | "addon:approve" => {
                 let suspended = event == "addon:suspend";
-                let status = if suspended { Status::Suspended } else { Status::Active };
+                let status = if suspended {
+                    Status::Suspended
+                } else {
+                    Status::Active
+                };
                 if let Err(e) = store.set_status(eshop_id, status).await {
                     tracing::error!(eshop_id, error = %e, "cannot store the new status");
                 }
@@ -287,7 +311,10 @@ impl Public {
                                 lock.release().await;
                             }
                             tokens.forget(eshop_id);
-                            tracing::warn!(eshop_id, "uninstall event, but Shoptet still issues tokens: ignored");
+                            tracing::warn!(
+                                eshop_id,
+                                "uninstall event, but Shoptet still issues tokens: ignored"
+                            );
                         }
                         Err(e) => tracing::warn!(eshop_id, error = %e, "uninstall not confirmed"),
                     }
@@ -342,7 +369,10 @@ mod tests {
     #[test]
     fn forwarded_for_counts_only_from_trusted_proxies() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 185.184.254.7"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, 185.184.254.7"),
+        );
         let trusted = nets(&["10.0.0.0/8"]);
         let direct: IpAddr = "203.0.113.9".parse().expect("ip");
         assert_eq!(client_ip(direct, &h, &trusted), direct);

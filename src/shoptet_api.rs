@@ -26,7 +26,10 @@ pub async fn renew_signature_key(proxy: &Proxy, eshop_id: u64) -> Result<Secret,
         let req = Request::builder()
             .method(Method::POST)
             .uri(uri.clone())
-            .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
             .header("shoptet-access-token", token.header.clone())
             .body(ReqBody::empty())
             .map_err(|_| ProxyError::UpstreamUnreachable)?;
@@ -49,7 +52,11 @@ pub async fn renew_signature_key(proxy: &Proxy, eshop_id: u64) -> Result<Secret,
             .and_then(|v| v["data"]["signatureKey"].as_str().map(str::to_owned))
             .filter(|k| !k.is_empty() && status.is_success());
         return key.map(Secret::new).ok_or_else(|| {
-            tracing::warn!(eshop_id, status = status.as_u16(), "renew-signature-key failed");
+            tracing::warn!(
+                eshop_id,
+                status = status.as_u16(),
+                "renew-signature-key failed"
+            );
             ProxyError::UpstreamUnreachable
         });
     }

@@ -148,7 +148,16 @@ mod tests {
 
     #[test]
     fn non_numeric_ids_are_invalid() {
-        for bad in ["abc", "-1", "+1", "1.0", "0", " 1", "99999999999999999999", ""] {
+        for bad in [
+            "abc",
+            "-1",
+            "+1",
+            "1.0",
+            "0",
+            " 1",
+            "99999999999999999999",
+            "",
+        ] {
             assert_eq!(
                 tag("/api/eshop", Some(bad)),
                 Err(ProxyError::InvalidEshopId),
@@ -159,7 +168,10 @@ mod tests {
             tag("/eshops/abc/api/eshop", None),
             Err(ProxyError::InvalidEshopId)
         );
-        assert_eq!(tag("/eshops//api/eshop", None), Err(ProxyError::InvalidEshopId));
+        assert_eq!(
+            tag("/eshops//api/eshop", None),
+            Err(ProxyError::InvalidEshopId)
+        );
     }
 
     #[test]

@@ -86,7 +86,12 @@ struct Failure {
 }
 
 impl State {
-    fn usable(&self, now: Instant, min_left: Duration, rejected: Option<u64>) -> Option<Arc<Token>> {
+    fn usable(
+        &self,
+        now: Instant,
+        min_left: Duration,
+        rejected: Option<u64>,
+    ) -> Option<Arc<Token>> {
         self.token
             .as_ref()
             .filter(|t| Some(t.generation) != rejected && t.remaining_at(now) > min_left)
@@ -188,7 +193,9 @@ impl TokenCache {
             let mut st = lock(&entry.state);
             if st.token.as_ref().map(|t| t.generation) == Some(rejected.generation) {
                 st.token = None;
-            } else if let Some(t) = st.usable(Instant::now(), self.min_left(), Some(rejected.generation)) {
+            } else if let Some(t) =
+                st.usable(Instant::now(), self.min_left(), Some(rejected.generation))
+            {
                 return Ok(t);
             }
         }
@@ -255,7 +262,11 @@ impl TokenCache {
 
     /// Gets a token from the store (another replica or an earlier run minted it) or from Shoptet,
     /// under the store's per-e-shop lock.
-    async fn obtain(&self, eshop_id: u64, rejected: Option<&Secret>) -> Result<Arc<Token>, ProxyError> {
+    async fn obtain(
+        &self,
+        eshop_id: u64,
+        rejected: Option<&Secret>,
+    ) -> Result<Arc<Token>, ProxyError> {
         let unavailable = || ProxyError::TokenUnavailable {
             retry_after: FIRST_BACKOFF,
         };

@@ -53,12 +53,10 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSet
                 path: shown.clone(),
                 source,
             })?;
-            roots
-                .add(cert)
-                .map_err(|source| TlsSetupError::Rustls {
-                    path: shown.clone(),
-                    source,
-                })?;
+            roots.add(cert).map_err(|source| TlsSetupError::Rustls {
+                path: shown.clone(),
+                source,
+            })?;
             added += 1;
         }
         if added == 0 {

@@ -121,7 +121,7 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
                     .lock()
                     .map(|d| {
                         d.iter()
-                            .filter(|r| e.map_or(true, |id| r.eshop_id == id))
+                            .filter(|r| e.is_none_or(|id| r.eshop_id == id))
                             .filter_map(|r| serde_json::to_value(r).ok())
                             .collect()
                     })
