@@ -37,6 +37,8 @@ pub struct Bucket {
     cost: f64,
     /// Requests sent whose answers have not reported a level yet.
     in_flight: u32,
+    /// Whether `level` came from an answer; before the first one the increment is unknown.
+    observed: bool,
 }
 
 impl Bucket {
@@ -47,6 +49,7 @@ impl Bucket {
             max: DEFAULT_MAX,
             cost: 1.0,
             in_flight: 0,
+            observed: false,
         }
     }
 
@@ -80,12 +83,13 @@ impl Bucket {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some((cur, max)) = filling {
             let increment = cur - before;
-            if increment >= 1.0 {
+            if self.observed && increment >= 1.0 {
                 self.cost += COST_WEIGHT * (increment - self.cost);
             }
             self.level = cur;
             self.max = max;
             self.at = now;
+            self.observed = true;
         }
     }
 
