@@ -132,13 +132,11 @@ impl Flow {
                 .map_err(|_| ProxyError::QueueTimeout)?
                 .map_err(|_| ProxyError::QueueTimeout)?,
         };
-        let paced_from = Instant::now();
-        if let Some(reserve) = self.cfg.bucket_reserve {
-            self.pace(&eshop, reserve, deadline).await;
-        }
-        let now = Instant::now();
-        let paced = now - paced_from;
-        let queued = now.saturating_duration_since(arrived);
+        let paced = match self.cfg.bucket_reserve {
+            Some(reserve) => self.pace(&eshop, reserve, deadline).await,
+            None => Duration::ZERO,
+        };
+        let queued = arrived.elapsed();
         self.metrics.queue_wait.observe(queued.as_secs_f64());
         if !paced.is_zero() {
             self.metrics.paced.inc();
@@ -159,17 +157,24 @@ impl Flow {
     }
 
     /// Sleeps until the e-shop's modelled bucket has room, but never past `deadline`: a request
-    /// that has waited its whole `queue_timeout` goes out and meets Shoptet's verdict.
-    async fn pace(&self, eshop: &EshopFlow, reserve: f64, deadline: tokio::time::Instant) {
+    /// that has waited its whole `queue_timeout` goes out and meets Shoptet's verdict. Returns
+    /// the time slept.
+    async fn pace(
+        &self,
+        eshop: &EshopFlow,
+        reserve: f64,
+        deadline: tokio::time::Instant,
+    ) -> Duration {
+        let start = tokio::time::Instant::now();
         loop {
             let wait = lock(&eshop.bucket).wait(Instant::now(), reserve);
             if wait.is_zero() {
-                return;
+                return start.elapsed();
             }
             let until = (tokio::time::Instant::now() + wait).min(deadline);
             tokio::time::sleep_until(until).await;
             if until >= deadline {
-                return;
+                return start.elapsed();
             }
         }
     }
