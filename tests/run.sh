@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need when it is missing, starts a throwaway
+# PostgreSQL, runs every test (unit, integration, CLI), and stops PostgreSQL again.
+#
+#   tests/run.sh                 # everything
+#   tests/run.sh --test proxy    # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "tests/run.sh: installing ${need[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+        echo "tests/run.sh: please install: ${need[*]} (sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+fi
+
+eval "$(tests/pg.sh start)"
+trap 'tests/pg.sh stop' EXIT
+# Nothing may silently skip here: tests that need PostgreSQL or promtool fail without them.
+export SHOPTET_PROXY_REQUIRE_PG=1
+export SHOPTET_PROXY_REQUIRE_PROMTOOL=1
+cargo test --all-targets "$@"
