@@ -28,4 +28,4 @@ trap 'tests/pg.sh stop' EXIT
 # Nothing may silently skip here: tests that need PostgreSQL or promtool fail without them.
 export SHOPTET_PROXY_REQUIRE_PG=1
 export SHOPTET_PROXY_REQUIRE_PROMTOOL=1
-cargo test --all-targets "$@"
+cargo test "$@"
