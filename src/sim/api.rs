@@ -9,7 +9,7 @@
 //! HTTP-date), faults, then the endpoint. `latency` plus `X-Sim-Delay-Ms` is waited after that,
 //! while the request still counts as in flight.
 //!
-//! Test hooks (request headers): `X-Sim-Delay-Ms: N`; `X-Sim-Response-Size: N` pads the body to
+//! Test hooks (request headers): `X-Sim-Delay-Ms: N` (clamped to 10 min); `X-Sim-Response-Size: N` pads the body to
 //! about N bytes (in `metadata.simPadding`, so it stays an envelope and costs bucket drops);
 //! `X-Sim-Fault: 500|503|drop|429|429-bucket` forces 500 `unknown-error`, 503
 //! `system-maintenance`, a dropped connection, the concurrency 429 page, or a bucket 429 with a
@@ -50,6 +50,9 @@ use super::util::{fnv1a_hex, now_shoptet, read_body, request_id, JSON_UTF8};
 use super::{webhooks, HandlerResult, SimConfig, SimDrop};
 
 const NGINX_429: &str = "<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n<center><h1>429 Too Many Requests</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+/// Longest `X-Sim-Delay-Ms` honoured (10 minutes); larger values are clamped.
+const MAX_HOOK_DELAY_MS: u64 = 600_000;
 
 /// An in-flight slot; dropping it frees the slot.
 enum Slot {
@@ -165,11 +168,11 @@ pub(crate) async fn handle(
             "request",
         )),
     };
-    let delay = cfg.latency
-        + header(&parts.headers, "x-sim-delay-ms")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .unwrap_or_default();
+    let hook_delay = header(&parts.headers, "x-sim-delay-ms")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms.min(MAX_HOOK_DELAY_MS)))
+        .unwrap_or_default();
+    let delay = cfg.latency.saturating_add(hook_delay);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
