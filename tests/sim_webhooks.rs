@@ -431,3 +431,44 @@ async fn stats_endpoint_matches_the_library_view_and_resets() {
     assert_eq!(reset.json()["calls"]["api"], 0);
     assert_eq!(e.sim.stats().tokens_minted[&222651], 0);
 }
+
+#[tokio::test]
+async fn order_writes_through_the_api_fire_order_webhooks() {
+    let e = env_with(SimConfig::default()).await;
+    let mut rx = WebhookReceiver::start().await;
+    let key = e.renew_key().await;
+    for event in ["order:create", "order:update", "order:delete"] {
+        let r = e.register(event, &rx.url("/hook"), Value::Null).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let created = e
+        .api(
+            Method::POST,
+            "/api/orders",
+            &json!({"data": {"email": "a@example.com"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let code = created.json()["data"]["order"]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/orders/{code}");
+    let patched = e
+        .api(Method::PATCH, &path, &json!({"data": {"paid": true}}))
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    let deleted = e.api(Method::DELETE, &path, &Value::Null).await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let got = rx.next().await;
+        let sig = got.headers["shoptet-webhook-signature"].to_str().unwrap();
+        assert!(signature::verify(key.as_bytes(), &got.body, sig));
+        let body: Value = serde_json::from_slice(&got.body).unwrap();
+        assert_eq!(body["eventInstance"], code.as_str());
+        seen.push(body["event"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["order:create", "order:delete", "order:update"]);
+}

@@ -514,8 +514,8 @@ async fn route(state: &Arc<State>, eshop: &Arc<Eshop>, parts: &Parts, body: &Byt
     match (segs.as_slice(), m) {
         (["eshop"], &Method::GET) => Answer::raw(StatusCode::OK, eshop.eshop_json.clone()),
         (["orders"], &Method::GET) => list_orders(eshop, query),
-        (["orders"], &Method::POST) => create_order(eshop, parts, body),
-        (["orders", code], _) => order(eshop, code, m, parts, body),
+        (["orders"], &Method::POST) => create_order(state, eshop, parts, body),
+        (["orders", code], _) => order(state, eshop, code, m, parts, body),
         (["products"], &Method::GET) => list("products", products(), query, 20, 100),
         (["products", "snapshot"], &Method::GET) => snapshot(state, eshop),
         (["system", "jobs", id], &Method::GET) => job(state, eshop, id),
@@ -626,7 +626,8 @@ fn list_orders(eshop: &Eshop, query: Option<&str>) -> Answer {
     list("orders", &orders, query, 20, 100)
 }
 
-fn create_order(eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {
+/// Order writes fire the e-shop's `order:*` webhooks, as Shoptet does for any order change.
+fn create_order(state: &Arc<State>, eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {
     let fields = match json_data(parts, body) {
         Ok(Value::Object(m)) => m,
         Ok(_) => {
@@ -646,12 +647,13 @@ fn create_order(eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {
     d.next_order += 1;
     let (code, mut order) = order_json(eshop.id, seq, &now_shoptet());
     merge(&mut order, fields);
-    d.orders.insert(code, order.clone());
+    d.orders.insert(code.clone(), order.clone());
     drop(d);
     eshop
         .counters
         .orders_created
         .fetch_add(1, Ordering::Relaxed);
+    webhooks::send_event(state, eshop.id, "order:create", &code);
     Answer::data(StatusCode::CREATED, &json!({"order": order}))
 }
 
@@ -666,7 +668,14 @@ fn merge(order: &mut Value, fields: Map<String, Value>) {
     }
 }
 
-fn order(eshop: &Eshop, code: &str, m: &Method, parts: &Parts, body: &Bytes) -> Answer {
+fn order(
+    state: &Arc<State>,
+    eshop: &Eshop,
+    code: &str,
+    m: &Method,
+    parts: &Parts,
+    body: &Bytes,
+) -> Answer {
     let patch = if m == Method::PATCH {
         match json_data(parts, body) {
             Ok(Value::Object(f)) => Some(f),
@@ -686,10 +695,10 @@ fn order(eshop: &Eshop, code: &str, m: &Method, parts: &Parts, body: &Bytes) -> 
     let Ok(mut d) = eshop.data.lock() else {
         return not_found("Order");
     };
-    match (m, patch) {
+    let (answer, event) = match (m, patch) {
         (&Method::GET, _) => match d.orders.get(code) {
-            Some(o) => Answer::data(StatusCode::OK, &json!({"order": o})),
-            None => not_found("Order"),
+            Some(o) => (Answer::data(StatusCode::OK, &json!({"order": o})), None),
+            None => (not_found("Order"), None),
         },
         (&Method::PATCH, Some(fields)) => match d.orders.get_mut(code) {
             Some(o) => {
@@ -697,16 +706,26 @@ fn order(eshop: &Eshop, code: &str, m: &Method, parts: &Parts, body: &Bytes) -> 
                 if let Some(obj) = o.as_object_mut() {
                     obj.insert("changeTime".into(), Value::String(now_shoptet()));
                 }
-                Answer::data(StatusCode::OK, &json!({"order": o}))
+                let a = Answer::data(StatusCode::OK, &json!({"order": o}));
+                (a, Some("order:update"))
             }
-            None => not_found("Order"),
+            None => (not_found("Order"), None),
         },
         (&Method::DELETE, _) => match d.orders.remove(code) {
-            Some(_) => Answer::data(StatusCode::OK, &Value::Null),
-            None => not_found("Order"),
+            Some(_) => (
+                Answer::data(StatusCode::OK, &Value::Null),
+                Some("order:delete"),
+            ),
+            None => (not_found("Order"), None),
         },
-        _ => method_not_allowed(),
+        _ => (method_not_allowed(), None),
+    };
+    // The event is sent after the lock is released: delivery reads the e-shop's webhooks.
+    drop(d);
+    if let Some(event) = event {
+        webhooks::send_event(state, eshop.id, event, code);
     }
+    answer
 }
 
 fn register_webhooks(state: &State, eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {
