@@ -84,6 +84,7 @@ struct TokenAnswer {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GrantAnswer {
+    #[serde(rename = "access_token")]
     access_token: Option<String>,
     eshop_id: Option<u64>,
     eshop_url: Option<String>,
