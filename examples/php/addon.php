@@ -61,7 +61,10 @@ function onInstalled(int $eshopId): string
     return $order['code'];
 }
 
-/** Reads one HTTP request (the proxy always sends a Content-Length); returns [path, JSON body]. */
+/**
+ * Reads one HTTP request (the proxy always sends a Content-Length); returns [path, JSON body],
+ * the body null when it is not a JSON object.
+ */
 function readRequest($conn): array
 {
     $requestLine = (string) fgets($conn); // "POST /events HTTP/1.1"
@@ -72,7 +75,8 @@ function readRequest($conn): array
         }
     }
     $body = $length > 0 ? (string) stream_get_contents($conn, $length) : '';
-    return [explode(' ', $requestLine)[1] ?? '', json_decode($body, true) ?? []];
+    $message = json_decode($body, true);
+    return [explode(' ', $requestLine)[1] ?? '', is_array($message) ? $message : null];
 }
 
 $server = stream_socket_server('tcp://127.0.0.1:' . ADDON_PORT, $errno, $error);
@@ -86,7 +90,8 @@ $myOrder = null;
 while ($conn = stream_socket_accept($server, -1)) {
     [$path, $message] = readRequest($conn);
     // Answer at once (the proxy, like Shoptet, waits 4 s at most) and work afterwards.
-    fwrite($conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    $status = $message === null ? '400 Bad Request' : '200 OK';
+    fwrite($conn, "HTTP/1.1 $status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     fclose($conn);
 
     $event = $message['event'] ?? '';
