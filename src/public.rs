@@ -31,6 +31,9 @@ use tokio::time::Instant;
 pub const INSTALL_BUDGET: Duration = Duration::from_millis(4500);
 /// Of the budget, what the code exchange may use; the rest is for storing and the signature key.
 const EXCHANGE_BUDGET: Duration = Duration::from_millis(3000);
+/// How long a webhook answer waits for Shoptet to confirm an uninstall (Shoptet wants the answer
+/// within 4 s); the check itself runs on past it.
+const UNINSTALL_CHECK_WAIT: Duration = Duration::from_millis(2500);
 /// Webhook bodies are small JSON; mass events list ids but stay far below this.
 const MAX_WEBHOOK_BODY: usize = 256 * 1024;
 
@@ -250,6 +253,10 @@ impl Public {
             return Err(reject("bad signature"));
         }
         metrics.webhooks.with_label_values(&["received"]).inc();
+        // Acted on before the event is queued, so an addon reacting to `addon:suspend` already
+        // finds the proxy refusing calls for that e-shop.
+        self.system_event(eshop_id, &head.event, inst.oauth_token)
+            .await;
         if self.app.cfg.addon.webhooks_url.is_some() {
             if let Err(e) = self
                 .app
@@ -265,8 +272,6 @@ impl Public {
             }
             self.outbox.notify_one();
         }
-        self.system_event(eshop_id, &head.event, inst.oauth_token)
-            .await;
         tracing::info!(eshop_id, event = %head.event, "webhook accepted");
         Ok(json(
             StatusCode::OK,
@@ -294,7 +299,7 @@ impl Public {
             }
             "addon:uninstall" | "addon:terminate" => {
                 let oauth = self.app.oauth.clone();
-                tokio::spawn(async move {
+                let check = tokio::spawn(async move {
                     match oauth.access_token(&oauth_token).await {
                         Err(FetchError::NotInstalled | FetchError::Unauthorized) => {
                             if let Err(e) = store.set_status(eshop_id, Status::Uninstalled).await {
@@ -319,6 +324,10 @@ impl Public {
                         Err(e) => tracing::warn!(eshop_id, error = %e, "uninstall not confirmed"),
                     }
                 });
+                // Shoptet answers at once as a rule, and then the status is settled before the
+                // webhook is answered and queued; a slow answer is awaited in the background so
+                // Shoptet still gets its answer within 4 s.
+                let _ = tokio::time::timeout(UNINSTALL_CHECK_WAIT, check).await;
             }
             _ => {}
         }
