@@ -266,3 +266,131 @@ async fn forged_uninstall_leaves_a_live_installation_active() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(h.minted(ESHOP), minted);
 }
+
+/// A `shoptet-proxy serve` process on the harness's config (JSON logs on stdout).
+struct ServeProcess {
+    child: std::process::Child,
+    public: String,
+    proxy: String,
+}
+
+impl ServeProcess {
+    /// `addon_down`: deliver webhooks to a loopback port where nothing listens.
+    fn start(h: &Harness, addon_down: bool) -> ServeProcess {
+        use std::io::BufRead;
+        let mut toml = h.config_toml();
+        if addon_down {
+            let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let dead = format!("http://{}/hooks", dead.local_addr().expect("addr"));
+            toml = toml.replace(&h.hooks.url("/hooks"), &dead);
+        }
+        toml.push_str("[log]\nformat = \"json\"\nlevel = \"info\"\n");
+        std::fs::write(h.path("serve.toml"), toml).expect("write config");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
+        cmd.arg("--config")
+            .arg(h.path("serve.toml"))
+            .arg("serve")
+            .current_dir(h.dir.path())
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped());
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("SHOPTET_PROXY_") {
+                cmd.env_remove(name.as_ref());
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keeps draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let listening: Value = loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("serve logs `listening` within 10 s");
+            let v: Value = serde_json::from_str(&line).expect("JSON log line");
+            if v["message"] == "listening" {
+                break v;
+            }
+        };
+        let public = listening["public_addr"].as_str().expect("public_addr");
+        let public = public.trim_start_matches("Some(").trim_end_matches(')');
+        ServeProcess {
+            child,
+            public: format!("http://{public}"),
+            proxy: format!("http://{}", listening["proxy_addr"].as_str().expect("addr")),
+        }
+    }
+
+    fn sigterm(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        self.child.wait().expect("wait for serve")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_proxy_still_delivers_and_restarts_mint_no_tokens() {
+    let mut h = Harness::new().await;
+    let serve = ServeProcess::start(&h, true);
+    let r = h
+        .sim_post(
+            "/sim/eshops",
+            json!({"eshopId": ESHOP, "installUrl": format!("{}/install", serve.public)}),
+        )
+        .await;
+    assert_eq!(r.json()["installStatus"], 200, "{}", r.text());
+    h.events.next().await;
+    let key = signature_key(&h).await;
+
+    // The addon is down: the webhook waits in the outbox when the proxy is killed, most likely
+    // in the middle of its first (failing) attempt, which is the worst case: the item stays
+    // claimed for OUTBOX_LEASE (6 s) after the kill.
+    let body = event_body(ESHOP, "order:create", "kill-9");
+    let sig = signature::sign(key.as_bytes(), body.as_bytes());
+    let r = h
+        .http
+        .request(
+            http::Method::POST,
+            &format!("{}/webhooks", serve.public),
+            &[("shoptet-webhook-signature", &sig)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mut killed = serve.child;
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("reap");
+
+    // The restarted proxy delivers it, exactly as sent, once the claim has run out.
+    let serve = ServeProcess::start(&h, false);
+    assert_eq!(h.hooks.next().await.body, body.as_bytes());
+    let api = format!("{}/api/eshop", serve.proxy);
+    let id = ESHOP.to_string();
+    let r = h.http.get(&api, &[("x-shoptet-eshop-id", &id)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        h.minted(ESHOP),
+        1,
+        "the installation's token survived kill -9"
+    );
+    assert!(serve.sigterm().success(), "SIGTERM exits 0");
+
+    let serve = ServeProcess::start(&h, false);
+    let api = format!("{}/api/eshop", serve.proxy);
+    let r = h.http.get(&api, &[("x-shoptet-eshop-id", &id)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.minted(ESHOP), 1, "a restart after SIGTERM mints nothing");
+    assert!(serve.sigterm().success());
+}
