@@ -159,24 +159,29 @@ impl Public {
         let tokens = &self.app.proxy.tokens;
         tokens.forget(eshop_id);
         // The key lets the proxy verify this e-shop's webhooks. Without it the installation still
-        // works for API calls, so a slow or failing renewal does not fail the installation.
-        match tokio::time::timeout_at(
-            deadline,
-            shoptet_api::renew_signature_key(&self.app.proxy, eshop_id),
-        )
-        .await
-        {
-            Ok(Ok(key)) => {
-                if let Err(e) = self.app.store.set_signature_key(eshop_id, &key).await {
-                    tracing::error!(eshop_id, error = %e, "installation: cannot store the signature key");
+        // works for API calls, so a slow or failing renewal does not fail the installation. The
+        // renewal runs as a task of its own: Shoptet issues the key once the request reaches it,
+        // so a renewal that outlasts the install answer must still store the key it brings back.
+        let app = self.app.clone();
+        let renewal = tokio::spawn(async move {
+            match shoptet_api::renew_signature_key(&app.proxy, eshop_id).await {
+                Ok(key) => {
+                    if let Err(e) = app.store.set_signature_key(eshop_id, &key).await {
+                        tracing::error!(eshop_id, error = %e, "installation: cannot store the signature key");
+                    }
                 }
+                Err(e) => tracing::warn!(
+                    eshop_id,
+                    code = e.code(),
+                    "installation: no webhook signature key"
+                ),
             }
-            Ok(Err(e)) => tracing::warn!(
+        });
+        if tokio::time::timeout_at(deadline, renewal).await.is_err() {
+            tracing::warn!(
                 eshop_id,
-                code = e.code(),
-                "installation: no webhook signature key"
-            ),
-            Err(_) => tracing::warn!(eshop_id, "installation: signature key not obtained in time"),
+                "installation: signature key not obtained in time; still waiting for it"
+            );
         }
         if self.app.cfg.addon.events_url.is_some() {
             let event = serde_json::json!({

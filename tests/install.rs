@@ -248,3 +248,23 @@ async fn install_works_over_tls() {
         .await
         .map_or(true, |r| r.status != 200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_api_does_not_delay_the_install_answer() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    // renew-signature-key answers after 6 s; the installation answers within Shoptet's 5 s anyway.
+    h.sim.set_config(|c| c.latency = Duration::from_secs(6));
+    let inst = h.sim.create_eshop(ESHOP);
+    let started = Instant::now();
+    let r = h
+        .http
+        .get(&p.public_url(&format!("/install?code={}", inst.code)), &[])
+        .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stored = h.store().await.get(ESHOP).await.unwrap().expect("stored");
+    assert_eq!(stored.oauth_token.expose(), inst.oauth_token);
+    assert_eq!(stored.status.as_str(), "active");
+}
