@@ -260,7 +260,7 @@ impl Public {
         metrics.webhooks.with_label_values(&["received"]).inc();
         // Acted on before the event is queued, so an addon reacting to `addon:suspend` already
         // finds the proxy refusing calls for that e-shop.
-        self.system_event(eshop_id, &head.event, inst.oauth_token)
+        self.system_event(eshop_id, &head.event, inst.status, inst.oauth_token)
             .await;
         if self.app.cfg.addon.webhooks_url.is_some() {
             if let Err(e) = self
@@ -286,10 +286,15 @@ impl Public {
 
     /// Acts on signed `addon:*` events. Suspend and approve take effect at once; uninstall and
     /// terminate only after Shoptet's OAuth server confirms the token no longer works.
-    async fn system_event(&self, eshop_id: u64, event: &str, oauth_token: Secret) {
+    async fn system_event(&self, eshop_id: u64, event: &str, current: Status, oauth_token: Secret) {
         let tokens = self.app.proxy.tokens.clone();
         let store = self.app.store.clone();
         match event {
+            // Only a new installation (install callback or import) revives an uninstalled one: a
+            // late or replayed suspend/approve must not turn it active again.
+            "addon:suspend" | "addon:approve" if current == Status::Uninstalled => {
+                tracing::warn!(eshop_id, event, "ignored for an uninstalled e-shop");
+            }
             "addon:suspend" | "addon:approve" => {
                 let suspended = event == "addon:suspend";
                 let status = if suspended {

@@ -235,6 +235,22 @@ async fn uninstall_takes_effect_once_shoptet_confirms_it() {
     let r = p.api_get(&h.http, ESHOP).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.error_code().as_deref(), Some("proxy-eshop-not-installed"));
+
+    // A late `addon:approve` does not revive it.
+    let key = signature_key(&h).await;
+    let body = event_body(ESHOP, "addon:approve", &ESHOP.to_string());
+    let sig = signature::sign(key.as_bytes(), body.as_bytes());
+    assert_eq!(post_webhook(&h, &p, &body, Some(&sig)).await, 200);
+    assert_eq!(received_json(&mut h).await["event"], "addon:approve");
+    let status = h
+        .store()
+        .await
+        .get(ESHOP)
+        .await
+        .unwrap()
+        .expect("kept")
+        .status;
+    assert_eq!(status.as_str(), "uninstalled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
