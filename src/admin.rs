@@ -238,9 +238,18 @@ impl Admin {
     }
 
     async fn refresh(&self, eshop_id: u64) -> Result<Response<AdminBody>, ProxyError> {
+        let stored = match self.app.store.get(eshop_id).await {
+            Ok(Some(inst)) => inst.access_token,
+            Ok(None) => return Err(ProxyError::EshopNotInstalled),
+            Err(e) => return Ok(store_failed(e)),
+        };
         let tokens = &self.app.proxy.tokens;
         let current = tokens.get(eshop_id).await?;
-        let fresh = tokens.replace(eshop_id, &current).await?;
+        // With no token stored, `get` has just minted one: replacing it would mint a second.
+        let fresh = match stored {
+            Some(_) => tokens.replace(eshop_id, &current).await?,
+            None => current,
+        };
         let expires = time::OffsetDateTime::from(std::time::SystemTime::now() + fresh.remaining())
             .format(&time::format_description::well_known::Rfc3339)
             .ok();

@@ -81,6 +81,7 @@ struct TokenAnswer {
     error: Option<String>,
 }
 
+/// Shoptet mixes cases in this answer: OAuth's `access_token`, then camelCase `eshopId` etc.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GrantAnswer {

@@ -31,6 +31,9 @@ use tokio::time::Instant;
 pub const INSTALL_BUDGET: Duration = Duration::from_millis(4500);
 /// Of the budget, what the code exchange may use; the rest is for storing and the signature key.
 const EXCHANGE_BUDGET: Duration = Duration::from_millis(3000);
+/// How long a webhook answer waits for Shoptet to confirm an uninstall (Shoptet wants the answer
+/// within 4 s); the check itself runs on past it.
+const UNINSTALL_CHECK_WAIT: Duration = Duration::from_millis(2500);
 /// Webhook bodies are small JSON; mass events list ids but stay far below this.
 const MAX_WEBHOOK_BODY: usize = 256 * 1024;
 
@@ -156,24 +159,29 @@ impl Public {
         let tokens = &self.app.proxy.tokens;
         tokens.forget(eshop_id);
         // The key lets the proxy verify this e-shop's webhooks. Without it the installation still
-        // works for API calls, so a slow or failing renewal does not fail the installation.
-        match tokio::time::timeout_at(
-            deadline,
-            shoptet_api::renew_signature_key(&self.app.proxy, eshop_id),
-        )
-        .await
-        {
-            Ok(Ok(key)) => {
-                if let Err(e) = self.app.store.set_signature_key(eshop_id, &key).await {
-                    tracing::error!(eshop_id, error = %e, "installation: cannot store the signature key");
+        // works for API calls, so a slow or failing renewal does not fail the installation. The
+        // renewal runs as a task of its own: Shoptet issues the key once the request reaches it,
+        // so a renewal that outlasts the install answer must still store the key it brings back.
+        let app = self.app.clone();
+        let renewal = tokio::spawn(async move {
+            match shoptet_api::renew_signature_key(&app.proxy, eshop_id).await {
+                Ok(key) => {
+                    if let Err(e) = app.store.set_signature_key(eshop_id, &key).await {
+                        tracing::error!(eshop_id, error = %e, "installation: cannot store the signature key");
+                    }
                 }
+                Err(e) => tracing::warn!(
+                    eshop_id,
+                    code = e.code(),
+                    "installation: no webhook signature key"
+                ),
             }
-            Ok(Err(e)) => tracing::warn!(
+        });
+        if tokio::time::timeout_at(deadline, renewal).await.is_err() {
+            tracing::warn!(
                 eshop_id,
-                code = e.code(),
-                "installation: no webhook signature key"
-            ),
-            Err(_) => tracing::warn!(eshop_id, "installation: signature key not obtained in time"),
+                "installation: signature key not obtained in time; still waiting for it"
+            );
         }
         if self.app.cfg.addon.events_url.is_some() {
             let event = serde_json::json!({
@@ -250,6 +258,10 @@ impl Public {
             return Err(reject("bad signature"));
         }
         metrics.webhooks.with_label_values(&["received"]).inc();
+        // Acted on before the event is queued, so an addon reacting to `addon:suspend` already
+        // finds the proxy refusing calls for that e-shop.
+        self.system_event(eshop_id, &head.event, inst.status, inst.oauth_token)
+            .await;
         if self.app.cfg.addon.webhooks_url.is_some() {
             if let Err(e) = self
                 .app
@@ -265,8 +277,6 @@ impl Public {
             }
             self.outbox.notify_one();
         }
-        self.system_event(eshop_id, &head.event, inst.oauth_token)
-            .await;
         tracing::info!(eshop_id, event = %head.event, "webhook accepted");
         Ok(json(
             StatusCode::OK,
@@ -276,10 +286,15 @@ impl Public {
 
     /// Acts on signed `addon:*` events. Suspend and approve take effect at once; uninstall and
     /// terminate only after Shoptet's OAuth server confirms the token no longer works.
-    async fn system_event(&self, eshop_id: u64, event: &str, oauth_token: Secret) {
+    async fn system_event(&self, eshop_id: u64, event: &str, current: Status, oauth_token: Secret) {
         let tokens = self.app.proxy.tokens.clone();
         let store = self.app.store.clone();
         match event {
+            // Only a new installation (install callback or import) revives an uninstalled one: a
+            // late or replayed suspend/approve must not turn it active again.
+            "addon:suspend" | "addon:approve" if current == Status::Uninstalled => {
+                tracing::warn!(eshop_id, event, "ignored for an uninstalled e-shop");
+            }
             "addon:suspend" | "addon:approve" => {
                 let suspended = event == "addon:suspend";
                 let status = if suspended {
@@ -294,7 +309,7 @@ impl Public {
             }
             "addon:uninstall" | "addon:terminate" => {
                 let oauth = self.app.oauth.clone();
-                tokio::spawn(async move {
+                let check = tokio::spawn(async move {
                     match oauth.access_token(&oauth_token).await {
                         Err(FetchError::NotInstalled | FetchError::Unauthorized) => {
                             if let Err(e) = store.set_status(eshop_id, Status::Uninstalled).await {
@@ -319,6 +334,10 @@ impl Public {
                         Err(e) => tracing::warn!(eshop_id, error = %e, "uninstall not confirmed"),
                     }
                 });
+                // Shoptet answers at once as a rule, and then the status is settled before the
+                // webhook is answered and queued; a slow answer is awaited in the background so
+                // Shoptet still gets its answer within 4 s.
+                let _ = tokio::time::timeout(UNINSTALL_CHECK_WAIT, check).await;
             }
             _ => {}
         }

@@ -342,7 +342,7 @@ pub async fn outbox_delivers_oldest_first_retries_and_survives_reopen(b: &Backen
     assert_eq!(due[1].kind, OutboxKind::Webhook);
 
     store
-        .outbox_retry_at(first, 1, now + Duration::from_secs(10))
+        .outbox_retry_at(first, 1, now + shoptet_proxy::store::OUTBOX_LEASE / 2)
         .await
         .unwrap();
     store.outbox_delivered(second).await.unwrap();
@@ -359,7 +359,10 @@ pub async fn outbox_delivers_oldest_first_retries_and_survives_reopen(b: &Backen
     assert_eq!(due[0].body, b"webhook-3");
     // `third` is now claimed, so a later poll sees only `first`, with its attempt count.
     let due = store
-        .outbox_due(now + Duration::from_secs(11), 10)
+        .outbox_due(
+            now + shoptet_proxy::store::OUTBOX_LEASE / 2 + Duration::from_secs(1),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(due.len(), 1);
