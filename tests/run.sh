@@ -28,4 +28,5 @@ trap 'tests/pg.sh stop' EXIT
 # Nothing may silently skip here: tests that need PostgreSQL or promtool fail without them.
 export SHOPTET_PROXY_REQUIRE_PG=1
 export SHOPTET_PROXY_REQUIRE_PROMTOOL=1
+export SHOPTET_PROXY_REQUIRE_SYSTEMD=1
 cargo test "$@"
