@@ -65,20 +65,27 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub public_addr: Option<SocketAddr>,
+    /// The proxy and public listeners and the outbox worker.
     tasks: JoinSet<()>,
+    /// The admin listener outlives the drain: `/readyz` answers 503 and `/metrics` stays
+    /// scrapable while in-flight requests finish, and it stops only after everything else.
+    admin: tokio::task::JoinHandle<()>,
+    admin_shutdown: Shutdown,
 }
 
 impl Running {
     /// Stops accepting, drains (bounded by `shutdown_timeout`), and returns when all listeners
     /// are done.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.app.shutdown.trigger();
-        while self.tasks.join_next().await.is_some() {}
+        self.wait().await;
     }
 
     /// Waits until the listeners stop (after [`Shutdown::trigger`] on `app.shutdown`).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        self.admin_shutdown.trigger();
+        let _ = self.admin.await;
     }
 }
 
@@ -200,6 +207,20 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
         ready: AtomicBool::new(false),
     });
     let mut tasks = JoinSet::new();
+    let admin_shutdown = Shutdown::new();
+    let admin = {
+        let admin = Arc::new(Admin::new(app.clone()));
+        tokio::spawn(server::serve(
+            admin_listener,
+            None,
+            move |req, _peer| {
+                let admin = admin.clone();
+                async move { admin.handle(req).await }
+            },
+            admin_shutdown.clone(),
+            drain,
+        ))
+    };
     {
         let proxy = app.proxy.clone();
         tasks.spawn(server::serve(
@@ -208,19 +229,6 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
             move |req, _peer| {
                 let proxy = proxy.clone();
                 async move { proxy.handle(req).await }
-            },
-            app.shutdown.clone(),
-            drain,
-        ));
-    }
-    {
-        let admin = Arc::new(Admin::new(app.clone()));
-        tasks.spawn(server::serve(
-            admin_listener,
-            None,
-            move |req, _peer| {
-                let admin = admin.clone();
-                async move { admin.handle(req).await }
             },
             app.shutdown.clone(),
             drain,
@@ -242,13 +250,20 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
     }
     tasks.spawn(crate::outbox::run(app.clone(), wake));
     app.ready.store(true, Ordering::Release);
-    tracing::info!(%proxy_addr, %admin_addr, public_addr = ?public_addr, "listening");
+    tracing::info!(
+        %proxy_addr,
+        %admin_addr,
+        public_addr = public_addr.map(tracing::field::display),
+        "listening"
+    );
     Ok(Running {
         app,
         proxy_addr,
         admin_addr,
         public_addr,
         tasks,
+        admin,
+        admin_shutdown,
     })
 }
 

@@ -81,9 +81,11 @@ struct TokenAnswer {
     error: Option<String>,
 }
 
+/// Shoptet mixes cases in this answer: OAuth's `access_token`, then camelCase `eshopId` etc.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GrantAnswer {
+    #[serde(rename = "access_token")]
     access_token: Option<String>,
     eshop_id: Option<u64>,
     eshop_url: Option<String>,
