@@ -167,6 +167,11 @@ impl Served {
     /// Starts `serve` with `config` and `RUST_LOG=rust_log` and waits for its "listening" line,
     /// which names the ports the OS assigned.
     pub fn start(config: &std::path::Path, rust_log: &str) -> Served {
+        Served::start_with(config, rust_log, &[])
+    }
+
+    /// Like [`Served::start`], with extra environment (e.g. `SHOPTET_PROXY_*` overrides).
+    pub fn start_with(config: &std::path::Path, rust_log: &str, env: &[(&str, &str)]) -> Served {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
         cmd.arg("--config")
             .arg(config)
@@ -183,6 +188,7 @@ impl Served {
                 cmd.env_remove(name);
             }
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn shoptet-proxy serve");
         let stdout = std::sync::Arc::default();
         let stderr = std::sync::Arc::default();
