@@ -29,15 +29,14 @@ fn credentials(unit: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn exec_start_binary(unit: &str) -> String {
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .expect("the unit has ExecStart=");
-    line.split_whitespace()
-        .next()
-        .expect("ExecStart= names a binary")
-        .to_owned()
+/// The programs every `Exec*=` line runs.
+fn exec_binaries(unit: &str) -> Vec<String> {
+    unit.lines()
+        .filter(|l| l.starts_with("Exec"))
+        .filter_map(|l| l.split_once('='))
+        .filter_map(|(_, cmd)| cmd.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -61,8 +60,8 @@ fn unit_passes_systemd_analyze_verify() {
     let Some(analyze) = ops_support::tool("systemd-analyze", REQUIRE) else {
         return;
     };
-    // verify insists that ExecStart= names an executable; an alternate root holding the system's
-    // units, the unit and a stand-in binary at the installed path checks the unit as shipped.
+    // verify insists that every Exec*= line names an executable; an alternate root holding the
+    // system's units, the unit and stand-ins at the installed paths checks the unit as shipped.
     let root = tempfile::tempdir().expect("tempdir");
     let system_units = ["/usr/lib/systemd/system", "/lib/systemd/system"]
         .into_iter()
@@ -71,13 +70,18 @@ fn unit_passes_systemd_analyze_verify() {
         .expect("the system's unit directory");
     copy_dir(system_units, &root.path().join("usr/lib/systemd/system"));
     let unit = unit_text();
-    let binary = root
-        .path()
-        .join(exec_start_binary(&unit).trim_start_matches('/'));
-    std::fs::create_dir_all(binary.parent().expect("binary dir")).expect("mkdir");
-    std::fs::write(&binary, "#!/bin/sh\n").expect("stand-in binary");
-    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    let programs = exec_binaries(&unit);
+    assert!(
+        programs.len() >= 2,
+        "ExecStart= and ExecReload=: {programs:?}"
+    );
+    for program in programs {
+        let binary = root.path().join(program.trim_start_matches('/'));
+        std::fs::create_dir_all(binary.parent().expect("binary dir")).expect("mkdir");
+        std::fs::write(&binary, "#!/bin/sh\n").expect("stand-in binary");
+        std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
     let units = root.path().join("etc/systemd/system");
     std::fs::create_dir_all(&units).expect("mkdir");
     std::fs::write(units.join("shoptet-proxy.service"), &unit).expect("install unit");

@@ -137,6 +137,8 @@ pub struct Served {
     stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// stdout lines not yet looked at by [`Served::wait_for`].
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 fn collect(
@@ -177,7 +179,6 @@ impl Served {
             .arg(config)
             .arg("serve")
             .current_dir(config.parent().expect("config dir"))
-            .env("RUST_LOG", rust_log)
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("NOTIFY_SOCKET")
             .stdin(std::process::Stdio::null())
@@ -189,6 +190,12 @@ impl Served {
             }
         }
         cmd.envs(env.iter().copied());
+        // An empty `rust_log` leaves the level to the config file.
+        if rust_log.is_empty() {
+            cmd.env_remove("RUST_LOG");
+        } else {
+            cmd.env("RUST_LOG", rust_log);
+        }
         let mut child = cmd.spawn().expect("spawn shoptet-proxy serve");
         let stdout = std::sync::Arc::default();
         let stderr = std::sync::Arc::default();
@@ -230,6 +237,29 @@ impl Served {
             stdout,
             stderr,
             readers,
+            lines: rx,
+        }
+    }
+
+    /// The next stdout JSON line for which `pred` holds (earlier lines are skipped); panics
+    /// after 10 s without one.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line {what} within 10 s"));
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if pred(&v) {
+                    return v;
+                }
+            }
         }
     }
 
