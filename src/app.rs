@@ -283,15 +283,16 @@ pub async fn open_store(cfg: &Config) -> Result<Store, StartError> {
 /// `shoptet-proxy serve`: runs until SIGTERM or SIGINT, then drains and returns. SIGHUP reloads
 /// the configuration from `config_path` (what `--config` named; `None` = `./config.toml`).
 pub async fn serve(cfg: Config, config_path: Option<&Path>) -> Result<(), StartError> {
+    // Installed first: a signal that arrives once the listeners are bound (and READY=1 is
+    // sent) must start a drain, not kill the process with the default action.
+    let mut term = signal(SignalKind::terminate());
+    let mut int = signal(SignalKind::interrupt());
+    let mut hangup = signal(SignalKind::hangup());
     let store = open_store(&cfg).await?;
     let running = start(cfg, store).await?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let shutdown = running.app.shutdown.clone();
     let mut current = running.app.cfg.clone();
-    // Created once, before the loop, so no signal falls between two waits.
-    let mut term = signal(SignalKind::terminate());
-    let mut int = signal(SignalKind::interrupt());
-    let mut hangup = signal(SignalKind::hangup());
     loop {
         tokio::select! {
             _ = received(&mut term) => break,
