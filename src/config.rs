@@ -499,7 +499,10 @@ impl EnvOverrides {
                     .split(ENV_SEPARATOR)
                     .map(|part| part.to_ascii_lowercase())
                     .collect();
-                if path.iter().any(String::is_empty) {
+                // Every key lives in a section, so a config variable always has a `__`. Names
+                // without one (SHOPTET_PROXY_BIN, SHOPTET_PROXY_TEST_PG_URL, ...) belong to
+                // scripts and tests, not to the configuration.
+                if path.len() < 2 || path.iter().any(String::is_empty) {
                     return None;
                 }
                 Some((path, value.clone()))
@@ -1202,6 +1205,20 @@ mod tests {
         assert_eq!(c.store.key_file, Some(PathBuf::from("store.key")));
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.log.level, "info");
+    }
+
+    #[test]
+    fn prefixed_variables_without_a_section_are_not_config_keys() {
+        let c = load_ok(
+            "",
+            &[
+                ("SHOPTET_PROXY_BIN", "/usr/bin/x"),
+                ("SHOPTET_PROXY_TEST_PG_URL", "postgres://x"),
+                ("SHOPTET_PROXY_PROXY__MAX_QUEUE", "7"),
+            ],
+        );
+        assert_eq!(c.proxy.max_queue, 7);
+        assert_eq!(load_ok("", &[]).proxy.listen, c.proxy.listen);
     }
 
     #[test]

@@ -1,19 +1,25 @@
 //! `shoptet-proxy demo`: the simulator and the proxy together, ready to curl (SPEC B6).
 //!
 //! Starts the simulator on a free loopback port, points a proxy with a throwaway SQLite store and a
-//! generated key at it, installs one e-shop, and prints copy-paste commands. It uses the configured
-//! listen addresses (defaults 127.0.0.1:8080 and :9090) so the printed lines match the README.
+//! generated key at it, and installs one e-shop the way Shoptet does: the simulator calls the
+//! proxy's public `/install?code=` and the proxy exchanges the code. It uses the configured listen
+//! addresses (defaults 127.0.0.1:8080, :9090, and :8081 for the public listener) so the printed
+//! lines match the README; `[addon] events_url`/`webhooks_url` from the configuration or the
+//! environment receive the "installed" event and webhooks, which is how the examples run.
 
 use crate::app::{self, StartError};
 use crate::config::Config;
 use crate::secret::Secret;
 use crate::sim::{SimConfig, Simulator};
-use crate::store::{Keyring, NewInstallation, Store};
+use crate::store::{Keyring, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The e-shop the demo installs (Shoptet's own documentation uses this id).
 pub const DEMO_ESHOP: u64 = 222651;
+/// The public listener's address when the configuration leaves it off.
+const DEMO_PUBLIC: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8081);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -25,6 +31,8 @@ pub enum DemoError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot create the demo directory {0}: {1}")]
     Dir(PathBuf, std::io::Error),
+    #[error("the simulated installation failed: {0}")]
+    Install(String),
 }
 
 /// Removes the throwaway store when the demo ends, however it ends.
@@ -37,10 +45,14 @@ impl Drop for TempDir {
 }
 
 pub async fn run(mut cfg: Config) -> Result<(), DemoError> {
-    let sim_cfg = SimConfig::default();
+    let public = *cfg.public.listen.get_or_insert(DEMO_PUBLIC);
+    let public_url = format!("http://{public}");
+    let sim_cfg = SimConfig {
+        addon_webhook_url: Some(format!("{public_url}/webhooks")),
+        ..SimConfig::default()
+    };
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let sim = Simulator::start(sim_cfg.clone(), loopback).await?;
-    let installation = sim.create_eshop(DEMO_ESHOP);
 
     let dir =
         TempDir(std::env::temp_dir().join(format!("shoptet-proxy-demo-{}", std::process::id())));
@@ -53,21 +65,15 @@ pub async fn run(mut cfg: Config) -> Result<(), DemoError> {
     cfg.shoptet.partner_url = sim_url;
     cfg.shoptet.client_id = sim_cfg.client_id.clone();
     cfg.shoptet.client_secret = Some(Secret::new(sim_cfg.client_secret.clone()));
+    cfg.shoptet.redirect_uri = format!("{public_url}/install");
     cfg.store.url = format!("sqlite://{}", dir.0.join("demo.db").display());
+    // Loopback callers only; Shoptet's real source ranges do not apply here.
+    cfg.public.install_allow.clear();
+    cfg.public.webhook_allow.clear();
 
     let store = Store::open(&cfg.store.url, Keyring::generate()).await?;
-    store
-        .upsert_installation(
-            &NewInstallation {
-                eshop_id: DEMO_ESHOP,
-                eshop_url: Some(format!("https://{DEMO_ESHOP}.myshoptet.com/")),
-                contact_email: Some("owner@example.com".into()),
-                oauth_token: Secret::new(installation.oauth_token),
-            },
-            None,
-        )
-        .await?;
     let running = app::start(cfg, store).await?;
+    install(&running.app, &sim.base_url(), &public_url).await?;
     let p = running.proxy_addr;
     let a = running.admin_addr;
     let s = sim.base_url();
@@ -76,6 +82,7 @@ pub async fn run(mut cfg: Config) -> Result<(), DemoError> {
          \n  simulated Shoptet:   {s}   (control plane: {s}/sim/stats)\
          \n  proxy listener:      http://{p}\
          \n  admin listener:      http://{a}\
+         \n  public listener:     {public_url}   (Shoptet's install and webhook calls)\
          \n  installed e-shop:    {DEMO_ESHOP}\n\
          \nTry:\
          \n  curl -s -H 'X-Shoptet-Eshop-Id: {DEMO_ESHOP}' http://{p}/api/eshop\
@@ -94,4 +101,37 @@ pub async fn run(mut cfg: Config) -> Result<(), DemoError> {
     running.shutdown().await;
     sim.shutdown().await;
     Ok(())
+}
+
+/// Asks the simulator to install the demo e-shop through the proxy's `/install`, as Shoptet would.
+async fn install(app: &app::App, sim_url: &str, public_url: &str) -> Result<(), DemoError> {
+    let body =
+        serde_json::json!({"eshopId": DEMO_ESHOP, "installUrl": format!("{public_url}/install")});
+    let req = http::Request::post(format!("{sim_url}/sim/eshops"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(crate::body::ReqBody::full(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .map_err(|e| DemoError::Install(e.to_string()))?;
+    let resp = app
+        .proxy
+        .client
+        .request(req)
+        .await
+        .map_err(|e| DemoError::Install(e.to_string()))?;
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| DemoError::Install(e.to_string()))?
+        .to_bytes();
+    let answer: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| DemoError::Install(e.to_string()))?;
+    match answer["installStatus"].as_u64() {
+        Some(200) => Ok(()),
+        _ => Err(DemoError::Install(format!(
+            "the proxy's /install did not answer 200: {}",
+            answer["installError"]
+                .as_str()
+                .unwrap_or("see the log above")
+        ))),
+    }
 }

@@ -11,6 +11,9 @@ need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v php >/dev/null || need+=(php-cli)
+command -v node >/dev/null || need+=(nodejs)
+command -v python3 >/dev/null || need+=(python3 python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "tests/run.sh: installing ${need[*]}" >&2
@@ -23,10 +26,15 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
+# The Python example addon uses requests.
+python3 -c 'import requests' 2>/dev/null || python3 -m pip install --quiet requests
+
 eval "$(tests/pg.sh start)"
 trap 'tests/pg.sh stop' EXIT
-# Nothing may silently skip here: tests that need PostgreSQL or promtool fail without them.
+# Nothing may silently skip here: tests that need PostgreSQL, promtool, systemd-analyze or the
+# examples' runtimes fail without them.
 export SHOPTET_PROXY_REQUIRE_PG=1
 export SHOPTET_PROXY_REQUIRE_PROMTOOL=1
 export SHOPTET_PROXY_REQUIRE_SYSTEMD=1
+export SHOPTET_PROXY_REQUIRE_EXAMPLES=1
 cargo test "$@"

@@ -9,7 +9,7 @@
 //! HTTP-date), faults, then the endpoint. `latency` plus `X-Sim-Delay-Ms` is waited after that,
 //! while the request still counts as in flight.
 //!
-//! Test hooks (request headers): `X-Sim-Delay-Ms: N`; `X-Sim-Response-Size: N` pads the body to
+//! Test hooks (request headers): `X-Sim-Delay-Ms: N` (clamped to 10 min); `X-Sim-Response-Size: N` pads the body to
 //! about N bytes (in `metadata.simPadding`, so it stays an envelope and costs bucket drops);
 //! `X-Sim-Fault: 500|503|drop|429|429-bucket` forces 500 `unknown-error`, 503
 //! `system-maintenance`, a dropped connection, the concurrency 429 page, or a bucket 429 with a
@@ -50,6 +50,9 @@ use super::util::{fnv1a_hex, now_shoptet, read_body, request_id, JSON_UTF8};
 use super::{webhooks, HandlerResult, SimConfig, SimDrop};
 
 const NGINX_429: &str = "<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n<center><h1>429 Too Many Requests</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+/// Longest `X-Sim-Delay-Ms` honoured (10 minutes); larger values are clamped.
+const MAX_HOOK_DELAY_MS: u64 = 600_000;
 
 /// An in-flight slot; dropping it frees the slot.
 enum Slot {
@@ -165,11 +168,11 @@ pub(crate) async fn handle(
             "request",
         )),
     };
-    let delay = cfg.latency
-        + header(&parts.headers, "x-sim-delay-ms")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .unwrap_or_default();
+    let hook_delay = header(&parts.headers, "x-sim-delay-ms")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms.min(MAX_HOOK_DELAY_MS)))
+        .unwrap_or_default();
+    let delay = cfg.latency.saturating_add(hook_delay);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -511,8 +514,8 @@ async fn route(state: &Arc<State>, eshop: &Arc<Eshop>, parts: &Parts, body: &Byt
     match (segs.as_slice(), m) {
         (["eshop"], &Method::GET) => Answer::raw(StatusCode::OK, eshop.eshop_json.clone()),
         (["orders"], &Method::GET) => list_orders(eshop, query),
-        (["orders"], &Method::POST) => create_order(eshop, parts, body),
-        (["orders", code], _) => order(eshop, code, m, parts, body),
+        (["orders"], &Method::POST) => create_order(state, eshop, parts, body),
+        (["orders", code], _) => order(state, eshop, code, m, parts, body),
         (["products"], &Method::GET) => list("products", products(), query, 20, 100),
         (["products", "snapshot"], &Method::GET) => snapshot(state, eshop),
         (["system", "jobs", id], &Method::GET) => job(state, eshop, id),
@@ -623,7 +626,8 @@ fn list_orders(eshop: &Eshop, query: Option<&str>) -> Answer {
     list("orders", &orders, query, 20, 100)
 }
 
-fn create_order(eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {
+/// Order writes fire the e-shop's `order:*` webhooks, as Shoptet does for any order change.
+fn create_order(state: &Arc<State>, eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {
     let fields = match json_data(parts, body) {
         Ok(Value::Object(m)) => m,
         Ok(_) => {
@@ -643,12 +647,13 @@ fn create_order(eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {
     d.next_order += 1;
     let (code, mut order) = order_json(eshop.id, seq, &now_shoptet());
     merge(&mut order, fields);
-    d.orders.insert(code, order.clone());
+    d.orders.insert(code.clone(), order.clone());
     drop(d);
     eshop
         .counters
         .orders_created
         .fetch_add(1, Ordering::Relaxed);
+    webhooks::send_event(state, eshop.id, "order:create", &code);
     Answer::data(StatusCode::CREATED, &json!({"order": order}))
 }
 
@@ -663,7 +668,14 @@ fn merge(order: &mut Value, fields: Map<String, Value>) {
     }
 }
 
-fn order(eshop: &Eshop, code: &str, m: &Method, parts: &Parts, body: &Bytes) -> Answer {
+fn order(
+    state: &Arc<State>,
+    eshop: &Eshop,
+    code: &str,
+    m: &Method,
+    parts: &Parts,
+    body: &Bytes,
+) -> Answer {
     let patch = if m == Method::PATCH {
         match json_data(parts, body) {
             Ok(Value::Object(f)) => Some(f),
@@ -683,10 +695,10 @@ fn order(eshop: &Eshop, code: &str, m: &Method, parts: &Parts, body: &Bytes) -> 
     let Ok(mut d) = eshop.data.lock() else {
         return not_found("Order");
     };
-    match (m, patch) {
+    let (answer, event) = match (m, patch) {
         (&Method::GET, _) => match d.orders.get(code) {
-            Some(o) => Answer::data(StatusCode::OK, &json!({"order": o})),
-            None => not_found("Order"),
+            Some(o) => (Answer::data(StatusCode::OK, &json!({"order": o})), None),
+            None => (not_found("Order"), None),
         },
         (&Method::PATCH, Some(fields)) => match d.orders.get_mut(code) {
             Some(o) => {
@@ -694,16 +706,26 @@ fn order(eshop: &Eshop, code: &str, m: &Method, parts: &Parts, body: &Bytes) -> 
                 if let Some(obj) = o.as_object_mut() {
                     obj.insert("changeTime".into(), Value::String(now_shoptet()));
                 }
-                Answer::data(StatusCode::OK, &json!({"order": o}))
+                let a = Answer::data(StatusCode::OK, &json!({"order": o}));
+                (a, Some("order:update"))
             }
-            None => not_found("Order"),
+            None => (not_found("Order"), None),
         },
         (&Method::DELETE, _) => match d.orders.remove(code) {
-            Some(_) => Answer::data(StatusCode::OK, &Value::Null),
-            None => not_found("Order"),
+            Some(_) => (
+                Answer::data(StatusCode::OK, &Value::Null),
+                Some("order:delete"),
+            ),
+            None => (not_found("Order"), None),
         },
-        _ => method_not_allowed(),
+        _ => (method_not_allowed(), None),
+    };
+    // The event is sent after the lock is released: delivery reads the e-shop's webhooks.
+    drop(d);
+    if let Some(event) = event {
+        webhooks::send_event(state, eshop.id, event, code);
     }
+    answer
 }
 
 fn register_webhooks(state: &State, eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {

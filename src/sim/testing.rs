@@ -266,3 +266,11 @@ impl WebhookReceiver {
         self.rx.try_recv().ok()
     }
 }
+
+/// Starts a simulator with `cfg` on an OS-assigned loopback port.
+pub async fn start(cfg: super::SimConfig) -> super::SimHandle {
+    match super::Simulator::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await {
+        Ok(h) => h,
+        Err(e) => panic!("simulator did not start: {e}"),
+    }
+}

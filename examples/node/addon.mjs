@@ -1,0 +1,82 @@
+// A minimal Shoptet addon behind shoptet-proxy, in Node (18+) with built-in fetch and node:http.
+//
+// It never handles OAuth or access tokens: the proxy holds them and adds them to every call. On
+// the proxy's "installed" event it lists orders, registers an `order:create` webhook, creates an
+// order, and waits for that order's webhook, printing one line per step.
+//
+//   PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
+//       node addon.mjs
+
+import http from "node:http";
+
+// Where the proxy takes API calls, and where Shoptet reaches the proxy (for webhook URLs).
+const PROXY_URL = process.env.PROXY_URL ?? "http://127.0.0.1:8080";
+const PUBLIC_URL = process.env.PUBLIC_URL ?? "http://127.0.0.1:8081";
+const ADDON_PORT = Number(process.env.ADDON_PORT ?? 8000);
+
+// Calls the Shoptet API of one e-shop through the proxy and returns the envelope's `data`.
+// Base-URL style: everything under /eshops/<id>/api goes to that e-shop's API. Errors, the
+// proxy's own (`proxy-...`) included, come in Shoptet's envelope with an `errorCode`.
+async function shoptet(method, eshopId, path, body) {
+  const response = await fetch(`${PROXY_URL}/eshops/${eshopId}/api${path}`, {
+    method,
+    headers: body ? { "Content-Type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (!response.ok) {
+    throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
+  }
+  return (await response.json()).data;
+}
+
+// The first calls an addon makes for a new e-shop; resolves to the code of the order it creates.
+async function onInstalled(eshopId) {
+  const { orders } = await shoptet("GET", eshopId, "/orders?itemsPerPage=5");
+  console.log(`orders ${orders.length}`);
+
+  // Shoptet sends webhooks to the proxy's public listener; the proxy checks their signature and
+  // forwards them to this addon's /webhooks.
+  const hook = { event: "order:create", url: `${PUBLIC_URL}/webhooks` };
+  await shoptet("POST", eshopId, "/webhooks", { data: [hook] });
+  console.log("webhook registered");
+
+  // A real e-shop wants more fields (see Shoptet's API docs); the simulator takes an email.
+  const { order } = await shoptet("POST", eshopId, "/orders", {
+    data: { email: "buyer@example.com" },
+  });
+  console.log(`order created ${order.code}`);
+  return order.code;
+}
+
+// The code of the order this addon creates, once the installation has happened. A failure in
+// onInstalled rejects it and, unhandled, ends the process with an error.
+let myOrder;
+
+const server = http.createServer(async (req, res) => {
+  let raw = "";
+  for await (const chunk of req) raw += chunk;
+  let message;
+  try {
+    message = JSON.parse(raw);
+  } catch {
+    res.writeHead(400).end();
+    return;
+  }
+  // Answer at once (the proxy, like Shoptet, waits 4 s at most) and work afterwards.
+  res.writeHead(200).end();
+
+  if (req.url === "/events" && message.event === "installed") {
+    console.log(`installed ${message.eshopId}`);
+    myOrder = onInstalled(message.eshopId);
+  } else if (req.url === "/webhooks" && message.event === "order:create") {
+    // The webhook may overtake the answer to our POST: wait for the order's code first.
+    if (myOrder && message.eventInstance === (await myOrder)) {
+      console.log(`webhook order:create ${message.eventInstance}`);
+      process.exit(0); // the walkthrough is complete; a real addon keeps serving
+    }
+  }
+});
+
+server.listen(ADDON_PORT, "127.0.0.1", () => {
+  console.log(`listening on http://127.0.0.1:${ADDON_PORT}`);
+});

@@ -1,0 +1,99 @@
+"""A minimal Shoptet addon behind shoptet-proxy, in Python with `requests`.
+
+It never handles OAuth or access tokens: the proxy holds them and adds them to every call. On the
+proxy's "installed" event it lists orders, registers an `order:create` webhook, creates an order,
+and waits for that order's webhook, printing one line per step.
+
+    pip install requests
+    PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
+        python3 addon.py
+"""
+
+import json
+import os
+import queue
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+# Where the proxy takes API calls, and where Shoptet reaches the proxy (for webhook URLs).
+PROXY_URL = os.environ.get("PROXY_URL", "http://127.0.0.1:8080")
+PUBLIC_URL = os.environ.get("PUBLIC_URL", "http://127.0.0.1:8081")
+ADDON_PORT = int(os.environ.get("ADDON_PORT", "8000"))
+
+
+def shoptet(method, eshop_id, path, body=None, params=None):
+    """Calls the Shoptet API of one e-shop through the proxy and returns the envelope's `data`.
+
+    Base-URL style: everything under /eshops/<id>/api goes to that e-shop's API. Errors, the
+    proxy's own (`proxy-...`) included, come in Shoptet's envelope with an `errorCode`.
+    """
+    url = f"{PROXY_URL}/eshops/{eshop_id}/api{path}"
+    response = requests.request(method, url, json=body, params=params, timeout=30)
+    if not response.ok:
+        raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
+    return response.json()["data"]
+
+
+def on_installed(eshop_id):
+    """The first calls an addon makes for a new e-shop; returns the code of the order it creates."""
+    orders = shoptet("GET", eshop_id, "/orders", params={"itemsPerPage": 5})["orders"]
+    print(f"orders {len(orders)}")
+
+    # Shoptet sends webhooks to the proxy's public listener; the proxy checks their signature and
+    # forwards them to this addon's /webhooks.
+    hook = {"event": "order:create", "url": f"{PUBLIC_URL}/webhooks"}
+    shoptet("POST", eshop_id, "/webhooks", {"data": [hook]})
+    print("webhook registered")
+
+    # A real e-shop wants more fields (see Shoptet's API docs); the simulator takes an email.
+    order = shoptet("POST", eshop_id, "/orders", {"data": {"email": "buyer@example.com"}})["order"]
+    print(f"order created {order['code']}")
+    return order["code"]
+
+
+def handler_for(inbox):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", 0))
+            try:
+                message = json.loads(self.rfile.read(length))
+            except ValueError:
+                self.send_error(400)
+                return
+            # Answer at once (the proxy, like Shoptet, waits 4 s at most) and work afterwards.
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            inbox.put((self.path, message))
+
+        def log_message(self, *args):
+            pass  # keep the output to one line per step
+
+    return Handler
+
+
+def main():
+    sys.stdout.reconfigure(line_buffering=True)
+    inbox = queue.Queue()
+    server = ThreadingHTTPServer(("127.0.0.1", ADDON_PORT), handler_for(inbox))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"listening on http://127.0.0.1:{ADDON_PORT}")
+
+    my_order = None
+    while True:
+        path, message = inbox.get()
+        event = message.get("event")
+        if path == "/events" and event == "installed":
+            print(f"installed {message['eshopId']}")
+            my_order = on_installed(message["eshopId"])
+        elif path == "/webhooks" and event == "order:create":
+            if message.get("eventInstance") == my_order:
+                print(f"webhook order:create {my_order}")
+                return  # the walkthrough is complete; a real addon keeps serving
+
+
+if __name__ == "__main__":
+    main()

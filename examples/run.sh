@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Runs one example addon end to end against `shoptet-proxy demo` and checks what it printed.
+#
+#   examples/run.sh php|python|node
+#
+# The binary is $SHOPTET_PROXY_BIN, or built with `cargo build`. Every port is picked free on
+# loopback, so this runs beside a `cargo run -- demo` on the default ports. Exit status: 0 passed;
+# 1 failed (both logs printed); 2 usage; 77 skipped, the language's runtime is missing.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+lang=${1:-}
+# The addon's command, and a command that fails when its runtime (or library) is missing.
+case $lang in
+    php) addon=(php "$here/php/addon.php"); runtime="php -r 'exit(0);'" ;;
+    python) addon=(python3 "$here/python/addon.py"); runtime="python3 -c 'import requests'" ;;
+    node)
+        addon=(node "$here/node/addon.mjs")
+        runtime="node -e 'process.exit(typeof fetch === \"function\" ? 0 : 1)'"
+        ;;
+    *) echo "usage: $0 php|python|node" >&2; exit 2 ;;
+esac
+# python3 also picks the free ports below.
+for check in "$runtime" "python3 -c pass"; do
+    if ! bash -c "$check" >/dev/null 2>&1; then
+        echo "examples/run.sh: skipped $lang: \`$check\` failed (runtime or library missing)" >&2
+        exit 77
+    fi
+done
+
+if [ -n "${SHOPTET_PROXY_BIN:-}" ]; then
+    bin=$SHOPTET_PROXY_BIN
+else
+    (cd "$here/.." && cargo build --quiet)
+    bin=${CARGO_TARGET_DIR:-$here/../target}/debug/shoptet-proxy
+fi
+
+work=$(mktemp -d)
+addon_pid= demo_pid=
+cleanup() {
+    for pid in $addon_pid $demo_pid; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+fail() {
+    echo "examples/run.sh $lang: FAILED: $*" >&2
+    echo "--- addon output ($lang) ---" >&2; cat "$work/addon.log" >&2 || true
+    echo "--- shoptet-proxy demo output ---" >&2; cat "$work/demo.log" >&2 || true
+    exit 1
+}
+
+# Four free loopback ports (the OS picks them; all held until all are known, so they differ).
+read -r addon_port proxy_port admin_port public_port < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+
+touch "$work/addon.log" "$work/demo.log"
+PROXY_URL=http://127.0.0.1:$proxy_port PUBLIC_URL=http://127.0.0.1:$public_port \
+    ADDON_PORT=$addon_port timeout 60 "${addon[@]}" >"$work/addon.log" 2>&1 &
+addon_pid=$!
+
+# The demo installs the e-shop at once, so the addon listens first (or the event waits a retry).
+for _ in $(seq 100); do
+    grep -q '^listening on ' "$work/addon.log" && break
+    kill -0 "$addon_pid" 2>/dev/null || fail "the addon exited before listening"
+    sleep 0.1
+done
+grep -q '^listening on ' "$work/addon.log" || fail "the addon did not listen within 10 s"
+
+# From the work directory and with only these SHOPTET_PROXY_* variables, so no configuration of
+# the caller's applies (the binary refuses unknown ones such as SHOPTET_PROXY_BIN).
+(
+    cd "$work"
+    for name in $(compgen -e | grep '^SHOPTET_PROXY_'); do unset "$name"; done
+    export SHOPTET_PROXY_PROXY__LISTEN=127.0.0.1:$proxy_port
+    export SHOPTET_PROXY_ADMIN__LISTEN=127.0.0.1:$admin_port
+    export SHOPTET_PROXY_PUBLIC__LISTEN=127.0.0.1:$public_port
+    export SHOPTET_PROXY_ADDON__EVENTS_URL=http://127.0.0.1:$addon_port/events
+    export SHOPTET_PROXY_ADDON__WEBHOOKS_URL=http://127.0.0.1:$addon_port/webhooks
+    exec "$bin" demo
+) >"$work/demo.log" 2>&1 &
+demo_pid=$!
+
+# The addon exits by itself once the webhook arrives (timeout: 60 s); the demo must stay up.
+while kill -0 "$addon_pid" 2>/dev/null; do
+    kill -0 "$demo_pid" 2>/dev/null || fail "shoptet-proxy demo exited early"
+    sleep 0.1
+done
+status=0
+wait "$addon_pid" || status=$?
+addon_pid=
+[ "$status" = 124 ] && fail "no webhook within 60 s"
+[ "$status" = 0 ] || fail "the addon exited with status $status"
+
+code=$(sed -n 's/^order created \([0-9][0-9]*\)$/\1/p' "$work/addon.log")
+[ -n "$code" ] || fail "no 'order created CODE' line"
+for line in "installed 222651" "orders 5" "webhook registered" "webhook order:create $code"; do
+    grep -qxF "$line" "$work/addon.log" || fail "missing line '$line'"
+done
+cat "$work/addon.log"
+echo "examples/run.sh $lang: passed"
