@@ -139,7 +139,7 @@ impl Admin {
     async fn metrics(&self) -> Response<AdminBody> {
         // Store-backed gauges are read at scrape time: cheap, and always current.
         if let Ok(counts) = self.app.store.count_by_status().await {
-            for status in ["active", "suspended", "uninstalled"] {
+            for status in crate::metrics::INSTALLATION_STATUSES {
                 let n = counts
                     .iter()
                     .find(|(s, _)| s.as_str() == status)

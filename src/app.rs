@@ -16,9 +16,11 @@ use crate::store::{Keyring, Store, StoreError};
 use crate::tokens::{TokenCache, TokenConfig};
 use crate::upstream;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::task::JoinSet;
 
 /// Drops kept free below the bucket's capacity when pacing: room for one large answer
@@ -65,20 +67,27 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub public_addr: Option<SocketAddr>,
+    /// The proxy and public listeners and the outbox worker.
     tasks: JoinSet<()>,
+    /// The admin listener outlives the drain: `/readyz` answers 503 and `/metrics` stays
+    /// scrapable while in-flight requests finish, and it stops only after everything else.
+    admin: tokio::task::JoinHandle<()>,
+    admin_shutdown: Shutdown,
 }
 
 impl Running {
     /// Stops accepting, drains (bounded by `shutdown_timeout`), and returns when all listeners
     /// are done.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.app.shutdown.trigger();
-        while self.tasks.join_next().await.is_some() {}
+        self.wait().await;
     }
 
     /// Waits until the listeners stop (after [`Shutdown::trigger`] on `app.shutdown`).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        self.admin_shutdown.trigger();
+        let _ = self.admin.await;
     }
 }
 
@@ -200,6 +209,20 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
         ready: AtomicBool::new(false),
     });
     let mut tasks = JoinSet::new();
+    let admin_shutdown = Shutdown::new();
+    let admin = {
+        let admin = Arc::new(Admin::new(app.clone()));
+        tokio::spawn(server::serve(
+            admin_listener,
+            None,
+            move |req, _peer| {
+                let admin = admin.clone();
+                async move { admin.handle(req).await }
+            },
+            admin_shutdown.clone(),
+            drain,
+        ))
+    };
     {
         let proxy = app.proxy.clone();
         tasks.spawn(server::serve(
@@ -208,19 +231,6 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
             move |req, _peer| {
                 let proxy = proxy.clone();
                 async move { proxy.handle(req).await }
-            },
-            app.shutdown.clone(),
-            drain,
-        ));
-    }
-    {
-        let admin = Arc::new(Admin::new(app.clone()));
-        tasks.spawn(server::serve(
-            admin_listener,
-            None,
-            move |req, _peer| {
-                let admin = admin.clone();
-                async move { admin.handle(req).await }
             },
             app.shutdown.clone(),
             drain,
@@ -242,13 +252,20 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
     }
     tasks.spawn(crate::outbox::run(app.clone(), wake));
     app.ready.store(true, Ordering::Release);
-    tracing::info!(%proxy_addr, %admin_addr, public_addr = ?public_addr, "listening");
+    tracing::info!(
+        %proxy_addr,
+        %admin_addr,
+        public_addr = public_addr.map(tracing::field::display),
+        "listening"
+    );
     Ok(Running {
         app,
         proxy_addr,
         admin_addr,
         public_addr,
         tasks,
+        admin,
+        admin_shutdown,
     })
 }
 
@@ -263,21 +280,93 @@ pub async fn open_store(cfg: &Config) -> Result<Store, StartError> {
     Ok(Store::open(&cfg.store.url, keys).await?)
 }
 
-/// `shoptet-proxy serve`: runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn serve(cfg: Config) -> Result<(), StartError> {
+/// `shoptet-proxy serve`: runs until SIGTERM or SIGINT, then drains and returns. SIGHUP reloads
+/// the configuration from `config_path` (what `--config` named; `None` = `./config.toml`).
+pub async fn serve(cfg: Config, config_path: Option<&Path>) -> Result<(), StartError> {
+    // Installed first: a signal that arrives once the listeners are bound (and READY=1 is
+    // sent) must start a drain, not kill the process with the default action.
+    let mut term = signal(SignalKind::terminate());
+    let mut int = signal(SignalKind::interrupt());
+    let mut hangup = signal(SignalKind::hangup());
     let store = open_store(&cfg).await?;
     let running = start(cfg, store).await?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let shutdown = running.app.shutdown.clone();
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = shutdown.wait() => {}
+    let mut current = running.app.cfg.clone();
+    loop {
+        tokio::select! {
+            _ = received(&mut term) => break,
+            _ = received(&mut int) => break,
+            _ = shutdown.wait() => break,
+            _ = received(&mut hangup) => {
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                reload(&mut current, config_path);
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
+        }
     }
     tracing::info!("shutting down: draining in-flight requests");
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn signal(kind: SignalKind) -> Option<Signal> {
+    tokio::signal::unix::signal(kind)
+        .map_err(|e| tracing::warn!(error = %e, "cannot install a signal handler"))
+        .ok()
+}
+
+/// Resolves when `signal` arrives; never when its handler could not be installed.
+async fn received(signal: &mut Option<Signal>) {
+    if let Some(s) = signal {
+        if s.recv().await.is_some() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// Applies what can change at run time (the log level) and names, in the log, every section
+/// whose changes need a restart. An invalid file changes nothing.
+fn reload(current: &mut Config, config_path: Option<&Path>) {
+    let new = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload: the configuration is invalid; nothing changed");
+            return;
+        }
+    };
+    if new.log.level != current.log.level {
+        match crate::logging::set_level(&new.log.level) {
+            Ok(()) => {
+                tracing::info!(filter = %new.log.level, "reload: log level changed");
+                current.log.level = new.log.level.clone();
+            }
+            Err(e) => tracing::warn!(error = %e, "reload: log level not changed"),
+        }
+    }
+    let restart: Vec<&str> = [
+        ("shoptet", current.shoptet != new.shoptet),
+        ("proxy", current.proxy != new.proxy),
+        ("public", current.public != new.public),
+        ("addon", current.addon != new.addon),
+        ("admin", current.admin != new.admin),
+        ("store", current.store != new.store),
+        ("log.format", current.log.format != new.log.format),
+    ]
+    .into_iter()
+    .filter_map(|(section, changed)| changed.then_some(section))
+    .collect();
+    if restart.is_empty() {
+        tracing::info!("reload: done");
+    } else {
+        tracing::warn!(
+            sections = ?restart,
+            "reload: these changes take effect only after a restart; running with the old values"
+        );
+    }
 }
 
 fn notify_systemd(state: &[sd_notify::NotifyState]) {
@@ -289,12 +378,11 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        (Some(mut term), Some(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}

@@ -64,7 +64,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
         Command::Serve => {
             let cfg = config_or_exit(&cli)?;
             crate::logging::init(&cfg.log);
-            let result = runtime()?.block_on(app::serve(cfg));
+            let result = runtime()?.block_on(app::serve(cfg, cli.config.as_deref()));
             Ok(result.map_or_else(|e| start_failed(&e), |()| ExitCode::SUCCESS))
         }
         Command::Demo => {

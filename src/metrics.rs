@@ -22,6 +22,27 @@ pub const METHODS: [&str; 8] = [
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+// The closed label sets of the labelled families. Each series is created at zero when the process
+// starts, so `rate()` and alert rules see a series from the first scrape instead of only after
+// the first failure (a missing series reads as "no data", not as "zero errors").
+/// `shoptet_proxy_token_fetches_total{result}`.
+pub const TOKEN_FETCH_RESULTS: [&str; 6] = [
+    "ok",
+    "unauthorized",
+    "suspended",
+    "not_installed",
+    "max_tokens",
+    "error",
+];
+/// `shoptet_proxy_replays_total{result}`.
+pub const REPLAY_RESULTS: [&str; 4] = ["ok", "rejected_again", "refresh_failed", "not_replayable"];
+/// `shoptet_proxy_upstream_429_total{action}`.
+pub const UPSTREAM_429_ACTIONS: [&str; 2] = ["retried", "returned"];
+/// `shoptet_proxy_webhooks_total{result}`.
+pub const WEBHOOK_RESULTS: [&str; 4] = ["received", "rejected", "delivered", "failed"];
+/// `shoptet_proxy_installations{status}`.
+pub const INSTALLATION_STATUSES: [&str; 3] = ["active", "suspended", "uninstalled"];
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -151,6 +172,19 @@ impl Metrics {
             &["version", "commit"],
         )
         .expect("static gauge");
+        for (family, values) in [
+            (&m.token_fetches, &TOKEN_FETCH_RESULTS[..]),
+            (&m.replays, &REPLAY_RESULTS[..]),
+            (&m.upstream_429, &UPSTREAM_429_ACTIONS[..]),
+            (&m.webhooks, &WEBHOOK_RESULTS[..]),
+        ] {
+            for v in values {
+                family.with_label_values(&[v]);
+            }
+        }
+        for status in INSTALLATION_STATUSES {
+            m.installations.with_label_values(&[status]);
+        }
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SHOPTET_PROXY_GIT_COMMIT")])
             .set(1);
@@ -243,5 +277,19 @@ mod tests {
         assert!(text.contains("shoptet_proxy_build_info{commit="));
         assert!(text.contains(r#"shoptet_proxy_token_fetches_total{result="ok"} 1"#));
         assert!(text.contains("shoptet_proxy_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn labelled_series_exist_at_zero_before_anything_happens() {
+        let text = String::from_utf8(Metrics::new().render()).expect("utf8");
+        for line in [
+            r#"shoptet_proxy_token_fetches_total{result="not_installed"} 0"#,
+            r#"shoptet_proxy_replays_total{result="refresh_failed"} 0"#,
+            r#"shoptet_proxy_upstream_429_total{action="returned"} 0"#,
+            r#"shoptet_proxy_webhooks_total{result="failed"} 0"#,
+            r#"shoptet_proxy_installations{status="suspended"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}");
+        }
     }
 }

@@ -31,8 +31,10 @@ python3 -c 'import requests' 2>/dev/null || python3 -m pip install --quiet reque
 
 eval "$(tests/pg.sh start)"
 trap 'tests/pg.sh stop' EXIT
-# Nothing may silently skip here: tests that need PostgreSQL or promtool fail without them.
+# Nothing may silently skip here: tests that need PostgreSQL, promtool, systemd-analyze or the
+# examples' runtimes fail without them.
 export SHOPTET_PROXY_REQUIRE_PG=1
 export SHOPTET_PROXY_REQUIRE_PROMTOOL=1
+export SHOPTET_PROXY_REQUIRE_SYSTEMD=1
 export SHOPTET_PROXY_REQUIRE_EXAMPLES=1
 cargo test "$@"
