@@ -17,7 +17,10 @@ use shoptet_proxy::secret::Secret;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse};
 use shoptet_proxy::sim::{SimConfig, SimHandle, SimInstallation, SimStats, Simulator};
 use shoptet_proxy::store::{Keyring, NewInstallation, Store};
+use shoptet_proxy::metrics::Metrics;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub const LOOPBACK: &str = "127.0.0.1:0";
 
@@ -143,6 +146,16 @@ impl Harness {
         self.running = Some(running);
     }
 
+    /// The running proxy's metrics (queue length, in-flight) for tests that wait on its state.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.running
+            .as_ref()
+            .expect("the proxy is running")
+            .app
+            .metrics
+            .clone()
+    }
+
     /// `http://<proxy>{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.proxy_addr)
@@ -259,4 +272,17 @@ pub fn assert_proxy_error(r: &TestResponse, status: u16, code: &str) {
         "{:?}",
         r.headers
     );
+}
+
+/// Waits until `cond` holds (checked every few milliseconds); panics after 10 s. This awaits an
+/// observable event, it does not guess how long something takes.
+pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
