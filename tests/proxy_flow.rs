@@ -66,7 +66,10 @@ async fn queue_overflow_is_429_queue_full() {
         let h = h.clone();
         async move { slow_get(&h, 1000).await.status }
     });
-    wait_until("the first request holds the slot", || m.in_flight.get() == 1).await;
+    wait_until("the first request holds the slot", || {
+        m.in_flight.get() == 1
+    })
+    .await;
     let queued: Vec<_> = (0..2)
         .map(|_| {
             let h = h.clone();
@@ -83,9 +86,17 @@ async fn queue_overflow_is_429_queue_full() {
     assert!(secs >= 1);
     assert_eq!(first.await.expect("task"), StatusCode::OK);
     for q in queued {
-        assert_eq!(q.await.expect("task"), StatusCode::OK, "queued ones proceed");
+        assert_eq!(
+            q.await.expect("task"),
+            StatusCode::OK,
+            "queued ones proceed"
+        );
     }
-    assert_eq!(h.stats().calls.api, 3, "the refused one never went upstream");
+    assert_eq!(
+        h.stats().calls.api,
+        3,
+        "the refused one never went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,7 +114,10 @@ async fn queue_timeout_is_504() {
         let h = h.clone();
         async move { slow_get(&h, 1500).await.status }
     });
-    wait_until("the first request holds the slot", || m.in_flight.get() == 1).await;
+    wait_until("the first request holds the slot", || {
+        m.in_flight.get() == 1
+    })
+    .await;
     let started = Instant::now();
     let r = h.get(ESHOP, "/api/eshop").await;
     assert_proxy_error(&r, 504, "proxy-queue-timeout");

@@ -13,11 +13,11 @@ use http::Method;
 use serde_json::Value;
 use shoptet_proxy::app::{self, Running};
 use shoptet_proxy::config::Config;
+use shoptet_proxy::metrics::Metrics;
 use shoptet_proxy::secret::Secret;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse};
 use shoptet_proxy::sim::{SimConfig, SimHandle, SimInstallation, SimStats, Simulator};
 use shoptet_proxy::store::{Keyring, NewInstallation, Store};
-use shoptet_proxy::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,8 +90,19 @@ impl Harness {
         let sim = Simulator::start(sim_cfg.clone(), LOOPBACK.parse().expect("addr"))
             .await
             .expect("simulator starts");
+        Harness::around(sim, &sim_cfg, env, tweak).await
+    }
+
+    /// A proxy in front of an already running simulator (for tests that need its address or
+    /// certificate before configuring the proxy). `sim_cfg` is what it was started with.
+    pub async fn around(
+        sim: SimHandle,
+        sim_cfg: &SimConfig,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cfg = base_config(&sim, &sim_cfg, dir.path(), env);
+        let mut cfg = base_config(&sim, sim_cfg, dir.path(), env);
         tweak(&mut cfg);
         let store = Store::open(&cfg.store.url, Keyring::generate())
             .await
