@@ -180,3 +180,48 @@ async fn post_after_bucket_429_gets_the_429() {
     assert_eq!(posts, 1, "not retried");
     assert_eq!(h.stats().eshops[&ESHOP].orders_created, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pacing_keeps_the_bucket_from_overflowing() {
+    // Capacity 30 with the proxy's 10-drop reserve leaves room for 20: the other 40 requests
+    // must wait for the drain (10 drops/s) instead of meeting Shoptet's 429.
+    let mut s = sim_config();
+    s.bucket_capacity = 30;
+    s.bucket_drain_per_sec = 10;
+    let h = Arc::new(Harness::start(s).await);
+    h.install(ESHOP).await;
+    let started = Instant::now();
+    let results = join_all((0..10).map(|_| {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..6 {
+                statuses.push(h.get(ESHOP, "/api/eshop").await.status);
+            }
+            statuses
+        })
+    }))
+    .await;
+    for r in results {
+        assert!(r.expect("task").iter().all(|s| *s == StatusCode::OK));
+    }
+    assert_eq!(h.stats().status429, 0, "the bucket never overflowed");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "paced: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_head_is_504_upstream_timeout() {
+    let h = Harness::with(sim_config(), |c| {
+        c.proxy.upstream_timeout = Duration::from_millis(200)
+    })
+    .await;
+    h.install(ESHOP).await;
+    let r = slow_get(&h, 1000).await;
+    assert_proxy_error(&r, 504, "proxy-upstream-timeout");
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, 200, "the slot was released: {}", r.text());
+}
