@@ -291,3 +291,39 @@ async fn tokens_survive_restart() {
     assert_eq!(h.minted(ESHOP), 1, "the stored token was reused");
     assert_eq!(h.token_calls(), 1);
 }
+
+#[tokio::test]
+async fn expired_token_is_replayed_with_a_new_one() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/expire-tokens"))
+        .await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(h.minted(ESHOP), 2);
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.minted(ESHOP), 2, "the new token serves on");
+}
+
+#[tokio::test]
+async fn large_401_body_is_passed_through() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
+        .await;
+    let r = h
+        .call(
+            Method::GET,
+            ESHOP,
+            "/api/eshop",
+            &[("x-sim-response-size", "200000")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.body.len() >= 190_000, "whole body: {}", r.body.len());
+    assert_eq!(r.error_code().as_deref(), Some("invalid-token"));
+}
