@@ -225,3 +225,44 @@ async fn slow_upstream_head_is_504_upstream_timeout() {
     let r = h.get(ESHOP, "/api/eshop").await;
     assert_eq!(r.status, 200, "the slot was released: {}", r.text());
 }
+
+#[tokio::test]
+async fn get_concurrency_429_without_retry_after_is_retried_a_bounded_number_of_times() {
+    let mut s = sim_config();
+    s.bucket = false;
+    let h = Harness::start(s).await;
+    h.install(ESHOP).await;
+    // The simulator answers this request with the nginx 429 page (no Retry-After) every time.
+    let r = h
+        .call(
+            Method::GET,
+            ESHOP,
+            "/api/eshop",
+            &[("x-sim-fault", "429")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(
+        r.text().contains("nginx"),
+        "Shoptet's own answer: {}",
+        r.text()
+    );
+    let tries = h.sim_requests(Some(ESHOP)).await.len();
+    assert_eq!(tries, 4, "one request and three retries");
+    let r = h
+        .call(
+            Method::DELETE,
+            ESHOP,
+            "/api/orders/2024000001",
+            &[("x-sim-fault", "429")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        h.sim_requests(Some(ESHOP)).await.len(),
+        5,
+        "DELETE is not retried"
+    );
+}
