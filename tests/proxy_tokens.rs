@@ -327,3 +327,18 @@ async fn large_401_body_is_passed_through() {
     assert!(r.body.len() >= 190_000, "whole body: {}", r.body.len());
     assert_eq!(r.error_code().as_deref(), Some("invalid-token"));
 }
+
+#[tokio::test]
+async fn failed_refresh_on_replay_answers_the_refresh_error() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    // Re-installing in the simulator revokes both the API token and the OAuth token.
+    h.sim.create_eshop(ESHOP);
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-oauth-token-rejected");
+    assert_eq!(h.token_calls(), 2, "one refresh attempt");
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-oauth-token-rejected");
+    assert_eq!(h.token_calls(), 2, "backing off");
+}
