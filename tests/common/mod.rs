@@ -35,6 +35,7 @@ pub fn sim_config() -> SimConfig {
 pub struct Harness {
     pub sim: SimHandle,
     pub store: Store,
+    store_key: [u8; 32],
     pub cfg: Config,
     pub client: TestClient,
     running: Option<Running>,
@@ -104,7 +105,8 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cfg = base_config(&sim, sim_cfg, dir.path(), env);
         tweak(&mut cfg);
-        let store = Store::open(&cfg.store.url, Keyring::generate())
+        let key: [u8; 32] = rand::random();
+        let store = Store::open(&cfg.store.url, Keyring::from_keys(key, Vec::new()))
             .await
             .expect("store opens");
         let client = match sim.ca_cert_pem() {
@@ -120,6 +122,7 @@ impl Harness {
             running: Some(running),
             sim,
             store,
+            store_key: key,
             cfg,
             client,
             _dir: dir,
@@ -144,11 +147,18 @@ impl Harness {
         inst
     }
 
-    /// Stops the proxy and starts a new one on the same store and configuration.
+    /// Stops the proxy and starts a new one with the same configuration, on the same database
+    /// file opened afresh (with the same key), as a restarted process would.
     pub async fn restart(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+        self.store = Store::open(
+            &self.cfg.store.url,
+            Keyring::from_keys(self.store_key, Vec::new()),
+        )
+        .await
+        .expect("store reopens");
         let running = app::start(self.cfg.clone(), self.store.clone())
             .await
             .expect("proxy restarts");
