@@ -7,7 +7,9 @@
 //! (`/api/eshop`) over pooled keep-alive connections; besides criterion's batch times, every
 //! request's latency is recorded and a summary line per target gives req/s, p50 and p99.
 //!
-//! Run: `cargo bench --bench proxy`.
+//! Run: `cargo bench --bench proxy`. The release profile's fat LTO makes that first build slow;
+//! `CARGO_PROFILE_BENCH_LTO=off CARGO_PROFILE_BENCH_CODEGEN_UNITS=16` trades a little speed for a
+//! much quicker build when comparing changes.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_util::future::join_all;

@@ -244,6 +244,20 @@ async fn https_upstream_trusted_through_ca_file() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(h.stats().eshops[&ESHOP].api_calls, 1);
     assert_eq!(h.minted(ESHOP), 1, "getAccessToken went over TLS too");
+    // A replayed POST over the TLS connection (HTTP/2 by ALPN) is still sent whole, twice.
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
+        .await;
+    let r = h
+        .call(
+            Method::POST,
+            ESHOP,
+            "/api/orders",
+            &[("content-type", "application/json")],
+            r#"{"data":{"email":"tls@example.com"}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(h.stats().eshops[&ESHOP].orders_created, 1);
 }
 
 #[tokio::test]
@@ -343,4 +357,70 @@ async fn untrusted_https_upstream_is_502_unreachable() {
     let r = h.get(ESHOP, "/api/eshop").await;
     assert_proxy_error(&r, 502, "proxy-upstream-unreachable");
     assert_eq!(h.stats().calls.api, 0);
+}
+
+/// A raw chunked POST of `body` in `parts` chunks; returns the answer's status.
+async fn chunked_post(addr: SocketAddr, body: &str, parts: usize) -> u16 {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    let head = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: x\r\nX-Shoptet-Eshop-Id: {ESHOP}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    let step = body.len().div_ceil(parts);
+    for chunk in body.as_bytes().chunks(step) {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(chunk);
+        frame.extend_from_slice(b"\r\n");
+        s.write_all(&frame).await.expect("write chunk");
+        s.flush().await.expect("flush");
+    }
+    s.write_all(b"0\r\n\r\n").await.expect("write last chunk");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read answer");
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"))
+}
+
+#[tokio::test]
+async fn chunked_bodies_replay_below_the_limit_and_stream_once_above_it() {
+    let h = Harness::with(quiet(), |c| c.proxy.max_replay_body = 1024).await;
+    h.install(ESHOP).await;
+    let revoke = format!("/sim/eshops/{ESHOP}/revoke-tokens");
+    assert_eq!(h.get(ESHOP, "/api/eshop").await.status, 200);
+    h.sim_control(&revoke).await;
+    let small = serde_json::json!({"data": {"email": "a@example.com", "note": "y".repeat(500)}})
+        .to_string();
+    assert_eq!(chunked_post(h.proxy_addr, &small, 4).await, 201);
+    assert_eq!(h.get(ESHOP, "/api/eshop").await.status, 200);
+    h.sim_control(&revoke).await;
+    let big = serde_json::json!({"data": {"email": "b@example.com", "note": "z".repeat(5000)}})
+        .to_string();
+    assert_eq!(chunked_post(h.proxy_addr, &big, 8).await, 401);
+    let posts: Vec<_> = h
+        .sim_requests(None)
+        .await
+        .into_iter()
+        .filter(|r| r["method"] == "POST")
+        .collect();
+    let summary: Vec<_> = posts
+        .iter()
+        .map(|r| (r["status"].as_u64(), r["bodyLen"].as_u64()))
+        .collect();
+    let (s, b) = (small.len() as u64, big.len() as u64);
+    assert_eq!(
+        summary,
+        [
+            (Some(401), Some(s)),
+            (Some(201), Some(s)),
+            (Some(401), Some(b))
+        ],
+        "small: replayed whole; big: streamed whole, once"
+    );
+    assert_eq!(posts[0]["bodyFnv1a"], posts[1]["bodyFnv1a"]);
 }
