@@ -13,15 +13,50 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// A stream whose first chunks were already read (to decide whether it fits a limit): those
+/// chunks, then the rest of the stream.
+pub struct Prefixed {
+    prefix: VecDeque<Bytes>,
+    rest: Incoming,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match this.prefix.pop_front() {
+            Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            None => Pin::new(&mut this.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let pre: u64 = self.prefix.iter().map(|b| b.len() as u64).sum();
+        let h = self.rest.size_hint();
+        let mut out = SizeHint::new();
+        out.set_lower(h.lower() + pre);
+        if let Some(u) = h.upper() {
+            out.set_upper(u + pre);
+        }
+        out
+    }
+}
+
 /// A request body sent upstream.
 pub enum ReqBody {
     /// Whole body in memory; `None` once sent (or for an empty body).
     Buffered(Option<Bytes>),
-    /// Chunks already read from the client, then the rest of the client's stream.
-    Streaming {
-        prefix: VecDeque<Bytes>,
-        rest: Incoming,
-    },
+    /// Streamed from the client, possibly after a prefix that turned out to exceed the limit.
+    Streaming(Prefixed),
 }
 
 impl ReqBody {
@@ -44,35 +79,60 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ReqBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Streaming { prefix, rest } => match prefix.pop_front() {
-                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Pin::new(rest).poll_frame(cx),
-            },
+            ReqBody::Streaming(s) => Pin::new(s).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Buffered(b) => b.is_none(),
-            ReqBody::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+            ReqBody::Streaming(s) => s.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Streaming { prefix, rest } => {
-                let pre: u64 = prefix.iter().map(|b| b.len() as u64).sum();
-                let h = rest.size_hint();
-                let mut out = SizeHint::new();
-                out.set_lower(h.lower() + pre);
-                if let Some(u) = h.upper() {
-                    out.set_upper(u + pre);
-                }
-                out
+            ReqBody::Streaming(s) => s.size_hint(),
+        }
+    }
+}
+
+/// A body read up to a limit.
+pub enum Limited {
+    /// Complete and within the limit.
+    Whole(Bytes),
+    /// Larger than the limit: what was read, and the rest still to stream.
+    Over(Prefixed),
+}
+
+/// Reads `body` until it ends or exceeds `limit` bytes; an oversized body is not lost, it comes
+/// back as a [`Prefixed`] stream.
+pub async fn read_up_to(mut body: Incoming, limit: u64) -> Result<Limited, hyper::Error> {
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        // Trailers are hop-by-hop for this proxy (TE and Trailer are never forwarded).
+        if let Ok(data) = frame?.into_data() {
+            total += data.len() as u64;
+            chunks.push_back(data);
+            if total > limit {
+                return Ok(Limited::Over(Prefixed {
+                    prefix: chunks,
+                    rest: body,
+                }));
             }
         }
     }
+    Ok(Limited::Whole(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => {
+            let mut buf = bytes::BytesMut::with_capacity(total as usize);
+            chunks.iter().for_each(|c| buf.extend_from_slice(c));
+            buf.freeze()
+        }
+    }))
 }
 
 /// What reading a client's body for replay produced.
@@ -86,7 +146,7 @@ pub enum ClientBody {
 /// Reads the client's body up to `limit` bytes. A body that declares a larger Content-Length is
 /// not read at all; one that grows past the limit while being read streams on from where it is.
 pub async fn read_for_replay(
-    mut body: Incoming,
+    body: Incoming,
     declared_len: Option<u64>,
     limit: u64,
 ) -> Result<ClientBody, hyper::Error> {
@@ -94,35 +154,15 @@ pub async fn read_for_replay(
         return Ok(ClientBody::Replayable(Bytes::new()));
     }
     if declared_len.is_some_and(|n| n > limit) {
-        return Ok(ClientBody::Streaming(ReqBody::Streaming {
+        return Ok(ClientBody::Streaming(ReqBody::Streaming(Prefixed {
             prefix: VecDeque::new(),
             rest: body,
-        }));
+        })));
     }
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
-    let mut total = 0u64;
-    while let Some(frame) = body.frame().await {
-        // Trailers are hop-by-hop for this proxy (TE and Trailer are never forwarded).
-        if let Ok(data) = frame?.into_data() {
-            total += data.len() as u64;
-            chunks.push_back(data);
-            if total > limit {
-                return Ok(ClientBody::Streaming(ReqBody::Streaming {
-                    prefix: chunks,
-                    rest: body,
-                }));
-            }
-        }
-    }
-    Ok(ClientBody::Replayable(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop_front().unwrap_or_default(),
-        _ => {
-            let mut buf = bytes::BytesMut::with_capacity(total as usize);
-            chunks.iter().for_each(|c| buf.extend_from_slice(c));
-            buf.freeze()
-        }
-    }))
+    Ok(match read_up_to(body, limit).await? {
+        Limited::Whole(b) => ClientBody::Replayable(b),
+        Limited::Over(s) => ClientBody::Streaming(ReqBody::Streaming(s)),
+    })
 }
 
 /// A response body sent to the client, holding `G` (an upstream slot) until it is finished.
@@ -132,12 +172,23 @@ pub struct RespBody<G = ()> {
 }
 
 enum RespKind {
-    Upstream(Incoming),
+    Upstream(Prefixed),
     Full(Option<Bytes>),
 }
 
 impl<G> RespBody<G> {
     pub fn upstream(body: Incoming, guard: G) -> Self {
+        Self::upstream_prefixed(
+            Prefixed {
+                prefix: VecDeque::new(),
+                rest: body,
+            },
+            guard,
+        )
+    }
+
+    /// An upstream body of which the first chunks were already read.
+    pub fn upstream_prefixed(body: Prefixed, guard: G) -> Self {
         RespBody {
             kind: RespKind::Upstream(body),
             guard: Some(guard),

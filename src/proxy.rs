@@ -7,7 +7,7 @@
 //! a POST that may have reached Shoptet is never sent twice except after a 401, which proves
 //! Shoptet refused it before acting.
 
-use crate::body::{read_for_replay, ClientBody, ReqBody, RespBody};
+use crate::body::{read_for_replay, read_up_to, ClientBody, Limited, ReqBody, RespBody};
 use crate::error::ProxyError;
 use crate::flow::{Flow, Permit};
 use crate::metrics::Metrics;
@@ -18,7 +18,6 @@ use crate::upstream::Client;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub type ProxyBody = RespBody<Permit>;
 
 /// Shoptet's 401 bodies are a small envelope; a larger one is passed on without inspection.
-const MAX_401_BODY: usize = 64 * 1024;
+const MAX_401_BODY: u64 = 64 * 1024;
 /// Requests larger than this are refused outright; between `max_replay_body` and this they
 /// stream without replay. Shoptet's own bulk endpoints take far less.
 pub const MAX_BODY: u64 = 64 * 1024 * 1024;
@@ -299,8 +298,12 @@ impl Proxy {
             match resp.status() {
                 StatusCode::UNAUTHORIZED => {
                     let (parts401, body401) = resp.into_parts();
-                    let bytes = match Limited::new(body401, MAX_401_BODY).collect().await {
-                        Ok(c) => c.to_bytes(),
+                    let bytes = match read_up_to(body401, MAX_401_BODY).await {
+                        Ok(Limited::Whole(b)) => b,
+                        // Not an envelope worth parsing: the client gets it unchanged.
+                        Ok(Limited::Over(rest)) => {
+                            return Ok(respond(parts401, RespBody::upstream_prefixed(rest, permit)))
+                        }
                         Err(_) => return Err(ProxyError::UpstreamUnreachable),
                     };
                     if classify_401(&bytes) == Rejection::Token {

@@ -1,0 +1,268 @@
+//! Flow control end to end (SPEC B2): the per-e-shop concurrency limit keeps Shoptet's 3-per-token
+//! rule, the bounded FIFO queue answers `proxy-queue-full` / `proxy-queue-timeout`, and a 429 is
+//! retried for GET/HEAD after its `Retry-After` but handed back for other methods.
+
+mod common;
+
+use bytes::Bytes;
+use common::{assert_proxy_error, sim_config, wait_until, Harness, ESHOP};
+use futures_util::future::join_all;
+use http::{Method, StatusCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn slow_get(h: &Harness, delay_ms: u64) -> shoptet_proxy::sim::testing::TestResponse {
+    let delay = delay_ms.to_string();
+    h.call(
+        Method::GET,
+        ESHOP,
+        "/api/eshop",
+        &[("x-sim-delay-ms", &delay)],
+        Bytes::new(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_endpoint_keeps_three_per_token_and_no_429() {
+    // Shoptet's defaults: 3 per token, the bucket on.
+    let h = Arc::new(Harness::start(sim_config()).await);
+    h.install(ESHOP).await;
+    let results = join_all((0..30).map(|_| {
+        let h = h.clone();
+        tokio::spawn(async move { slow_get(&h, 50).await.status })
+    }))
+    .await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(StatusCode::OK))),
+        "{results:?}"
+    );
+    let stats = h.stats();
+    assert_eq!(stats.status429, 0);
+    assert_eq!(stats.eshops[&ESHOP].api_calls, 30);
+    assert!(
+        stats.peak_concurrency_per_token <= 3,
+        "peak {}",
+        stats.peak_concurrency_per_token
+    );
+    assert_eq!(
+        stats.eshops[&ESHOP].peak_concurrency, 3,
+        "the three slots were used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_overflow_is_429_queue_full() {
+    let h = Arc::new(
+        Harness::with(sim_config(), |c| {
+            c.proxy.max_in_flight_per_eshop = 1;
+            c.proxy.max_queue = 2;
+        })
+        .await,
+    );
+    h.install(ESHOP).await;
+    let m = h.metrics();
+    let first = tokio::spawn({
+        let h = h.clone();
+        async move { slow_get(&h, 1000).await.status }
+    });
+    wait_until("the first request holds the slot", || {
+        m.in_flight.get() == 1
+    })
+    .await;
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.get(ESHOP, "/api/eshop").await.status })
+        })
+        .collect();
+    wait_until("two requests wait", || m.queue_length.get() == 2).await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 429, "proxy-queue-full");
+    let secs: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!(secs >= 1);
+    assert_eq!(first.await.expect("task"), StatusCode::OK);
+    for q in queued {
+        assert_eq!(
+            q.await.expect("task"),
+            StatusCode::OK,
+            "queued ones proceed"
+        );
+    }
+    assert_eq!(
+        h.stats().calls.api,
+        3,
+        "the refused one never went upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_timeout_is_504() {
+    let h = Arc::new(
+        Harness::with(sim_config(), |c| {
+            c.proxy.max_in_flight_per_eshop = 1;
+            c.proxy.queue_timeout = Duration::from_millis(300);
+        })
+        .await,
+    );
+    h.install(ESHOP).await;
+    let m = h.metrics();
+    let first = tokio::spawn({
+        let h = h.clone();
+        async move { slow_get(&h, 1500).await.status }
+    });
+    wait_until("the first request holds the slot", || {
+        m.in_flight.get() == 1
+    })
+    .await;
+    let started = Instant::now();
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 504, "proxy-queue-timeout");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(first.await.expect("task"), StatusCode::OK);
+    assert_eq!(h.stats().calls.api, 1);
+}
+
+/// A simulator whose bucket fills after 3 requests and drains one drop a second, with a proxy
+/// that does not pace, so Shoptet's 429 is what the proxy meets.
+async fn small_bucket() -> Harness {
+    let mut s = sim_config();
+    s.bucket_capacity = 3;
+    s.bucket_drain_per_sec = 1;
+    let h = Harness::with(s, |c| c.proxy.bucket_pacing = false).await;
+    h.install(ESHOP).await;
+    for _ in 0..3 {
+        let r = h.get(ESHOP, "/api/eshop").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    h
+}
+
+#[tokio::test]
+async fn get_after_bucket_429_with_http_date_is_retried() {
+    let h = small_bucket().await;
+    let r = h.get(ESHOP, "/api/orders").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = h.sim_requests(Some(ESHOP)).await;
+    let orders: Vec<_> = log
+        .iter()
+        .filter(|r| r["path"] == "/api/orders")
+        .map(|r| r["status"].as_u64())
+        .collect();
+    assert_eq!(orders.first(), Some(&Some(429)), "{orders:?}");
+    assert_eq!(orders.last(), Some(&Some(200)), "{orders:?}");
+}
+
+#[tokio::test]
+async fn post_after_bucket_429_gets_the_429() {
+    let h = small_bucket().await;
+    let r = h
+        .call(
+            Method::POST,
+            ESHOP,
+            "/api/orders",
+            &[("content-type", "application/json")],
+            r#"{"data":{"email":"buyer@example.com"}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let ra = r.header("retry-after").expect("Retry-After passed back");
+    assert!(httpdate::parse_http_date(ra).is_ok(), "{ra}");
+    let posts = h
+        .sim_requests(Some(ESHOP))
+        .await
+        .into_iter()
+        .filter(|r| r["method"] == "POST")
+        .count();
+    assert_eq!(posts, 1, "not retried");
+    assert_eq!(h.stats().eshops[&ESHOP].orders_created, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pacing_keeps_the_bucket_from_overflowing() {
+    // Capacity 30 with the proxy's 10-drop reserve leaves room for 20: the other 40 requests
+    // must wait for the drain (10 drops/s) instead of meeting Shoptet's 429.
+    let mut s = sim_config();
+    s.bucket_capacity = 30;
+    s.bucket_drain_per_sec = 10;
+    let h = Arc::new(Harness::start(s).await);
+    h.install(ESHOP).await;
+    let started = Instant::now();
+    let results = join_all((0..10).map(|_| {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..6 {
+                statuses.push(h.get(ESHOP, "/api/eshop").await.status);
+            }
+            statuses
+        })
+    }))
+    .await;
+    for r in results {
+        assert!(r.expect("task").iter().all(|s| *s == StatusCode::OK));
+    }
+    assert_eq!(h.stats().status429, 0, "the bucket never overflowed");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "paced: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_head_is_504_upstream_timeout() {
+    let h = Harness::with(sim_config(), |c| {
+        c.proxy.upstream_timeout = Duration::from_millis(200)
+    })
+    .await;
+    h.install(ESHOP).await;
+    let r = slow_get(&h, 1000).await;
+    assert_proxy_error(&r, 504, "proxy-upstream-timeout");
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, 200, "the slot was released: {}", r.text());
+}
+
+#[tokio::test]
+async fn get_concurrency_429_without_retry_after_is_retried_a_bounded_number_of_times() {
+    let mut s = sim_config();
+    s.bucket = false;
+    let h = Harness::start(s).await;
+    h.install(ESHOP).await;
+    // The simulator answers this request with the nginx 429 page (no Retry-After) every time.
+    let r = h
+        .call(
+            Method::GET,
+            ESHOP,
+            "/api/eshop",
+            &[("x-sim-fault", "429")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(
+        r.text().contains("nginx"),
+        "Shoptet's own answer: {}",
+        r.text()
+    );
+    let tries = h.sim_requests(Some(ESHOP)).await.len();
+    assert_eq!(tries, 4, "one request and three retries");
+    let r = h
+        .call(
+            Method::DELETE,
+            ESHOP,
+            "/api/orders/2024000001",
+            &[("x-sim-fault", "429")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        h.sim_requests(Some(ESHOP)).await.len(),
+        5,
+        "DELETE is not retried"
+    );
+}

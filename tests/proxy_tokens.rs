@@ -1,0 +1,344 @@
+//! The token cache and replay, end to end (SPEC B2): single-flight fetches, background refresh,
+//! one refresh per revoked token, identical replays, terminal errors, getAccessToken failures,
+//! and tokens that outlive a restart. Every count comes from the simulator's own stats.
+
+mod common;
+
+use bytes::Bytes;
+use common::{assert_proxy_error, sim_config, Harness, ESHOP};
+use futures_util::future::join_all;
+use http::{Method, StatusCode};
+use serde_json::json;
+use shoptet_proxy::sim::testing::TestClient;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Simulator without the leaky bucket or per-token/IP concurrency limits: these tests are about
+/// tokens, and pacing or 429s would only slow them down.
+fn unlimited() -> shoptet_proxy::sim::SimConfig {
+    let mut s = sim_config();
+    s.bucket = false;
+    s.per_token_concurrency = 0;
+    s.per_ip_concurrency = 0;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_eshop_single_flight() {
+    // Every request reaches the token cache at once: the proxy's own concurrency limits are
+    // opened wide so the 1,000 requests do not queue behind 3 slots before asking for a token.
+    let h = Arc::new(
+        Harness::with(unlimited(), |c| {
+            c.proxy.max_in_flight_per_eshop = 1000;
+            c.proxy.max_in_flight = 1000;
+        })
+        .await,
+    );
+    h.install(ESHOP).await;
+    let results = join_all((0..1000).map(|_| {
+        let h = h.clone();
+        tokio::spawn(async move { h.get(ESHOP, "/api/eshop").await.status })
+    }))
+    .await;
+    let ok = results
+        .iter()
+        .filter(|r| matches!(r, Ok(StatusCode::OK)))
+        .count();
+    assert_eq!(ok, 1000, "every request succeeds");
+    assert_eq!(h.token_calls(), 1, "exactly one getAccessToken call");
+    assert_eq!(h.minted(ESHOP), 1);
+    assert_eq!(h.stats().eshops[&ESHOP].api_calls, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_tokens_never_leak_401() {
+    const LIFETIME: Duration = Duration::from_secs(2);
+    const MARGIN: Duration = Duration::from_secs(1);
+    const RUN: Duration = Duration::from_secs(20);
+    let mut s = sim_config();
+    s.bucket = false;
+    s.token_lifetime = LIFETIME;
+    let h = Arc::new(Harness::with(s, |c| c.proxy.refresh_margin = MARGIN).await);
+    h.install(ESHOP).await;
+    let end = Instant::now() + RUN;
+    let clients = join_all((0..50).map(|_| {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut other) = (0u64, Vec::new());
+            while Instant::now() < end {
+                let r = h.get(ESHOP, "/api/eshop").await;
+                if r.status == StatusCode::OK {
+                    ok += 1;
+                } else {
+                    other.push((r.status, r.text()));
+                }
+            }
+            (ok, other)
+        })
+    }))
+    .await;
+    let mut total = 0;
+    for c in clients {
+        let (ok, other) = c.expect("client task");
+        assert!(
+            other.is_empty(),
+            "non-200 answers reached a client: {other:?}"
+        );
+        total += ok;
+    }
+    assert!(total > 1000, "the clients kept the proxy busy ({total})");
+    let stats = h.stats();
+    let bound = RUN.as_secs() / (LIFETIME - MARGIN).as_secs() + 1;
+    assert!(
+        h.minted(ESHOP) <= bound,
+        "{} tokens minted, at most {bound} allowed",
+        h.minted(ESHOP)
+    );
+    assert!(h.minted(ESHOP) >= 10, "tokens were refreshed as they aged");
+    assert_eq!(stats.status401, 0, "Shoptet never saw an expired token");
+}
+
+/// Warms the cache with one request, so the next one meets the cached token.
+async fn warm(h: &Harness) {
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(h.minted(ESHOP), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoked_token_refreshes_once() {
+    let h = Arc::new(Harness::with(unlimited(), |c| c.proxy.max_in_flight_per_eshop = 20).await);
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
+        .await;
+    let results = join_all((0..20).map(|_| {
+        let h = h.clone();
+        tokio::spawn(async move { h.get(ESHOP, "/api/orders").await.status })
+    }))
+    .await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(StatusCode::OK))),
+        "{results:?}"
+    );
+    assert_eq!(h.minted(ESHOP), 2, "exactly one new token");
+    assert!(h.stats().status401 >= 1, "the revoked token was rejected");
+}
+
+#[tokio::test]
+async fn post_replay_is_identical_and_created_once() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
+        .await;
+    let body = json!({"data": {"email": "buyer@example.com", "note": "replay me"}}).to_string();
+    let r = h
+        .call(
+            Method::POST,
+            ESHOP,
+            "/api/orders?suppressDocumentGeneration=true",
+            &[("content-type", "application/json")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let posts: Vec<_> = h
+        .sim_requests(None)
+        .await
+        .into_iter()
+        .filter(|r| r["method"] == "POST")
+        .collect();
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    assert_eq!(posts[0]["status"], 401);
+    assert_eq!(posts[1]["status"], 201);
+    for field in ["path", "bodyFnv1a", "bodyLen", "contentType"] {
+        assert_eq!(posts[0][field], posts[1][field], "{field}");
+    }
+    assert_eq!(posts[1]["bodyLen"], body.len());
+    assert_ne!(posts[0]["tokenLabel"], posts[1]["tokenLabel"]);
+    assert_eq!(h.stats().eshops[&ESHOP].orders_created, 1);
+    assert_eq!(h.minted(ESHOP), 2);
+}
+
+#[tokio::test]
+async fn suspended_installation_401_passes_through_without_minting() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/suspend")).await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json()["errors"][0]["message"],
+        "Addon installation is not approved."
+    );
+    assert_eq!(h.minted(ESHOP), 1);
+    assert_eq!(h.token_calls(), 1);
+}
+
+#[tokio::test]
+async fn no_rights_403_passes_through_without_minting() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    let r = h
+        .client
+        .send_json(
+            Method::PUT,
+            &h.sim_url(&format!("/sim/eshops/{ESHOP}/denied-endpoints")),
+            &[],
+            &json!(["/api/products"]),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = h.get(ESHOP, "/api/products").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.error_code().as_deref(), Some("invalid-token-no-rights"));
+    assert_eq!(h.minted(ESHOP), 1);
+    assert_eq!(h.token_calls(), 1);
+}
+
+#[tokio::test]
+async fn body_over_replay_limit_streams_and_is_not_replayed() {
+    let h = Harness::with(unlimited(), |c| c.proxy.max_replay_body = 1024).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
+        .await;
+    let big = json!({"data": {"email": "buyer@example.com", "note": "x".repeat(4096)}}).to_string();
+    let r = h
+        .call(
+            Method::POST,
+            ESHOP,
+            "/api/orders",
+            &[("content-type", "application/json")],
+            big.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 401, "the rejection goes back as is");
+    assert_eq!(r.error_code().as_deref(), Some("invalid-token"));
+    let posts: Vec<_> = h
+        .sim_requests(None)
+        .await
+        .into_iter()
+        .filter(|r| r["method"] == "POST")
+        .collect();
+    assert_eq!(posts.len(), 1, "sent once: {posts:?}");
+    assert_eq!(posts[0]["bodyLen"], big.len(), "the whole body streamed");
+    assert_eq!(h.stats().eshops[&ESHOP].orders_created, 0);
+}
+
+#[tokio::test]
+async fn maximum_tokens_reached_is_503_and_backs_off() {
+    let h = Harness::start(unlimited()).await;
+    let inst = h.install(ESHOP).await;
+    let direct = TestClient::new();
+    for _ in 0..5 {
+        direct.api_token(&h.sim.base_url(), &inst.oauth_token).await;
+    }
+    let before = h.token_calls();
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 503, "proxy-token-limit-reached");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    assert_eq!(h.token_calls(), before + 1);
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 503, "proxy-token-limit-reached");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(h.token_calls(), before + 1, "backing off: no second call");
+    assert_eq!(h.stats().calls.api, 0, "nothing reached the API");
+}
+
+#[tokio::test]
+async fn unknown_eshop_is_not_installed() {
+    let h = Harness::start(unlimited()).await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-eshop-not-installed");
+    assert_eq!(h.token_calls(), 0);
+}
+
+#[tokio::test]
+async fn suspended_eshop_without_cached_token_is_403_suspended() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/suspend")).await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-eshop-suspended");
+    assert_eq!(h.stats().calls.api, 0);
+}
+
+#[tokio::test]
+async fn reinstalled_eshop_rejects_old_oauth_token() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    // Installing again in the simulator revokes the OAuth token the proxy holds.
+    h.sim.create_eshop(ESHOP);
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-oauth-token-rejected");
+    assert_eq!(h.minted(ESHOP), 0);
+}
+
+#[tokio::test]
+async fn tokens_survive_restart() {
+    let mut h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.restart().await;
+    let r = h
+        .call(Method::GET, ESHOP, "/api/orders", &[], Bytes::new())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(h.minted(ESHOP), 1, "the stored token was reused");
+    assert_eq!(h.token_calls(), 1);
+}
+
+#[tokio::test]
+async fn expired_token_is_replayed_with_a_new_one() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/expire-tokens"))
+        .await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(h.minted(ESHOP), 2);
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.minted(ESHOP), 2, "the new token serves on");
+}
+
+#[tokio::test]
+async fn large_401_body_is_passed_through() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
+        .await;
+    let r = h
+        .call(
+            Method::GET,
+            ESHOP,
+            "/api/eshop",
+            &[("x-sim-response-size", "200000")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.body.len() >= 190_000, "whole body: {}", r.body.len());
+    assert_eq!(r.error_code().as_deref(), Some("invalid-token"));
+}
+
+#[tokio::test]
+async fn failed_refresh_on_replay_answers_the_refresh_error() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    warm(&h).await;
+    // Re-installing in the simulator revokes both the API token and the OAuth token.
+    h.sim.create_eshop(ESHOP);
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-oauth-token-rejected");
+    assert_eq!(h.token_calls(), 2, "one refresh attempt");
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-oauth-token-rejected");
+    assert_eq!(h.token_calls(), 2, "backing off");
+}
