@@ -60,10 +60,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
 
 fn store_failed(e: impl std::fmt::Display) -> Response<AdminBody> {
     tracing::error!(error = %e, "store operation failed");
-    json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &serde_json::json!({"data":null,"errors":[{"errorCode":"proxy-store-unavailable","message":"the store could not be reached","instance":"shoptet-proxy"}]}),
-    )
+    ProxyError::StoreUnavailable.to_response()
 }
 
 impl Admin {

@@ -39,6 +39,8 @@ pub enum ProxyError {
     WebhookRejected,
     #[error("the installation failed: the code could not be exchanged for an OAuth token")]
     InstallFailed,
+    #[error("the store could not be reached")]
+    StoreUnavailable,
     #[error("the request body is larger than this proxy accepts")]
     BodyTooLarge,
     #[error("too many requests are waiting for this e-shop")]
@@ -70,7 +72,9 @@ impl ProxyError {
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnreachable | InstallFailed => StatusCode::BAD_GATEWAY,
-            TokenUnavailable { .. } | TokenLimitReached { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            TokenUnavailable { .. } | TokenLimitReached { .. } | StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamTimeout | QueueTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -91,6 +95,7 @@ impl ProxyError {
             Forbidden => "proxy-forbidden",
             WebhookRejected => "proxy-webhook-rejected",
             InstallFailed => "proxy-install-failed",
+            StoreUnavailable => "proxy-store-unavailable",
             BodyTooLarge => "proxy-body-too-large",
             QueueFull { .. } => "proxy-queue-full",
             UpstreamUnreachable => "proxy-upstream-unreachable",
@@ -110,6 +115,8 @@ impl ProxyError {
             | TokenLimitReached { retry_after } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
+            // The store is usually back within seconds; the caller (Shoptet, an admin) retries.
+            StoreUnavailable => Some(1),
             _ => None,
         }
     }
@@ -159,6 +166,7 @@ mod tests {
             Forbidden,
             WebhookRejected,
             InstallFailed,
+            StoreUnavailable,
             BodyTooLarge,
             QueueFull { retry_after: d },
             UpstreamUnreachable,
@@ -196,6 +204,7 @@ mod tests {
             ("proxy-forbidden", 403),
             ("proxy-webhook-rejected", 401),
             ("proxy-install-failed", 502),
+            ("proxy-store-unavailable", 503),
             ("proxy-body-too-large", 413),
             ("proxy-queue-full", 429),
             ("proxy-upstream-unreachable", 502),
@@ -220,7 +229,13 @@ mod tests {
             let want = matches!(e.status().as_u16(), 429 | 503);
             assert_eq!(has, want, "{}", e.code());
             if has {
-                assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+                // 1.5 s rounds up; the store's fixed hint is 1 s.
+                let expect = if e == ProxyError::StoreUnavailable {
+                    "1"
+                } else {
+                    "2"
+                };
+                assert_eq!(resp.headers()[header::RETRY_AFTER], expect, "{}", e.code());
             }
         }
     }

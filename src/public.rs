@@ -245,9 +245,7 @@ impl Public {
             Ok(None) => return Err(reject("unknown e-shop")),
             Err(e) => {
                 tracing::error!(eshop_id, error = %e, "webhook: store unavailable");
-                return Err(ProxyError::TokenUnavailable {
-                    retry_after: Duration::from_secs(1),
-                });
+                return Err(ProxyError::StoreUnavailable);
             }
         };
         let key = inst
@@ -271,9 +269,7 @@ impl Public {
             {
                 tracing::error!(eshop_id, error = %e, "webhook: cannot queue");
                 // Shoptet retries a non-200 delivery; nothing is lost.
-                return Err(ProxyError::TokenUnavailable {
-                    retry_after: Duration::from_secs(1),
-                });
+                return Err(ProxyError::StoreUnavailable);
             }
             self.outbox.notify_one();
         }
