@@ -5,7 +5,7 @@
 //! no admin token is configured. No answer here ever contains a secret.
 
 use crate::app::App;
-use crate::body::RespBody;
+use crate::body::{json, local, RespBody};
 use crate::error::ProxyError;
 use crate::secret::Secret;
 use crate::shoptet_api;
@@ -38,24 +38,12 @@ struct Import {
     contact_email: Option<String>,
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<AdminBody> {
-    let mut resp = Response::new(AdminBody::full(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    resp
-}
-
 fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
-    let mut resp = Response::new(AdminBody::full(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    local(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
 fn store_failed(e: impl std::fmt::Display) -> Response<AdminBody> {

@@ -243,3 +243,27 @@ impl<G: Unpin> Body for RespBody<G> {
         }
     }
 }
+
+/// A small answer the proxy makes itself, with its content type.
+pub fn local<G>(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> http::Response<RespBody<G>> {
+    let mut resp = http::Response::new(RespBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+/// A JSON answer the proxy makes itself.
+pub fn json<G>(status: http::StatusCode, value: &serde_json::Value) -> http::Response<RespBody<G>> {
+    local(
+        status,
+        "application/json; charset=utf-8",
+        Bytes::from(value.to_string()),
+    )
+}

@@ -9,15 +9,14 @@
 //! itself confirms it.
 
 use crate::app::App;
-use crate::body::RespBody;
+use crate::body::{json, RespBody};
 use crate::error::ProxyError;
 use crate::oauth::FetchError;
 use crate::secret::Secret;
 use crate::shoptet_api;
 use crate::signature;
 use crate::store::{NewInstallation, OutboxKind, Status};
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -68,16 +67,6 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 
 fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
     list.is_empty() || list.iter().any(|n| n.contains(&ip))
-}
-
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<PublicBody> {
-    let mut resp = Response::new(PublicBody::full(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    resp
 }
 
 impl Public {
@@ -376,6 +365,7 @@ pub fn tls_acceptor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter().map(|n| n.parse().expect("net")).collect()
