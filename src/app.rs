@@ -103,6 +103,15 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, S
 
 /// Builds the application on an opened store and binds its listeners.
 pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
+    start_with_limits(cfg, store, server::Limits::default()).await
+}
+
+/// [`start`] with other connection limits on every listener (tests use short timeouts).
+pub async fn start_with_limits(
+    cfg: Config,
+    store: Store,
+    limits: server::Limits,
+) -> Result<Running, StartError> {
     upstream::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let client = upstream::client(cfg.shoptet.ca_file.as_deref(), cfg.shoptet.connect_timeout)?;
@@ -221,6 +230,7 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
             },
             admin_shutdown.clone(),
             drain,
+            limits,
         ))
     };
     {
@@ -234,6 +244,7 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
             },
             app.shutdown.clone(),
             drain,
+            limits,
         ));
     }
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -248,6 +259,7 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
             },
             app.shutdown.clone(),
             drain,
+            limits,
         ));
     }
     tasks.spawn(crate::outbox::run(app.clone(), wake));

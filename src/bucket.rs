@@ -18,13 +18,19 @@ const DEFAULT_MAX: f64 = 200.0;
 /// an addon switches from small reads to large exports, without jumping on one outlier.
 const COST_WEIGHT: f64 = 0.25;
 
+/// Largest level or capacity believed from the header. Shoptet's bucket holds 200 drops; a value
+/// far beyond that is garbage, and believing it would turn into waits too long for a `Duration`
+/// (found by fuzzing: `1e33/200` made [`Bucket::wait`] panic).
+const MAX_PLAUSIBLE: f64 = 1e6;
+
 /// Parses `X-RateLimit-Bucket-Filling: <current>/<max>`; `None` for anything else.
 pub fn parse_filling(value: &[u8]) -> Option<(f64, f64)> {
     let s = std::str::from_utf8(value).ok()?;
     let (cur, max) = s.trim().split_once('/')?;
     let cur: f64 = cur.trim().parse().ok()?;
     let max: f64 = max.trim().parse().ok()?;
-    (cur.is_finite() && max.is_finite() && cur >= 0.0 && max > 0.0).then_some((cur, max))
+    let plausible = |v: f64| v.is_finite() && v <= MAX_PLAUSIBLE;
+    (plausible(cur) && plausible(max) && cur >= 0.0 && max > 0.0).then_some((cur, max))
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +131,26 @@ mod tests {
         ] {
             assert_eq!(parse_filling(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn absurd_levels_are_ignored_and_the_largest_believed_ones_still_give_a_wait() {
+        // Regression (fuzz target bucket_header): `1e33/200` made `wait` panic converting the
+        // wait to a Duration, which aborts the release build.
+        assert_eq!(parse_filling(b"1e33/200"), None);
+        assert_eq!(parse_filling(b"1/1e33"), None);
+        assert_eq!(parse_filling(b"1000000/200"), Some((1e6, 200.0)));
+        let now = Instant::now();
+        let mut b = Bucket::new(now);
+        for level in ["0/1", "1000000/1", "0/1", "1000000/1"] {
+            b.sent();
+            b.answered(now, parse_filling(level.as_bytes()));
+        }
+        for _ in 0..10_000 {
+            b.sent();
+        }
+        let w = b.wait(now, 10.0);
+        assert!(w > Duration::from_secs(1000), "{w:?}");
     }
 
     #[test]

@@ -65,6 +65,20 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .unwrap_or(peer)
 }
 
+/// What the proxy itself reads from a webhook body; the addon gets the body byte for byte.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookHead {
+    pub eshop_id: u64,
+    pub event: String,
+}
+
+/// Parses the head of a webhook body. Public so the fuzz target can reach it.
+pub fn parse_webhook_head(body: &[u8]) -> Result<WebhookHead, ProxyError> {
+    serde_json::from_slice(body)
+        .map_err(|_| ProxyError::BadRequest("the webhook body is not Shoptet's JSON"))
+}
+
 fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
     list.is_empty() || list.iter().any(|n| n.contains(&ip))
 }
@@ -220,14 +234,7 @@ impl Public {
             .map_err(|_| ProxyError::BodyTooLarge)?
             .to_bytes();
         let signature = signature.ok_or_else(|| reject("no signature"))?;
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Head {
-            eshop_id: u64,
-            event: String,
-        }
-        let head: Head = serde_json::from_slice(&body)
-            .map_err(|_| ProxyError::BadRequest("the webhook body is not Shoptet's JSON"))?;
+        let head = parse_webhook_head(&body)?;
         let eshop_id = head.eshop_id;
         let inst = match self.app.store.get(eshop_id).await {
             Ok(Some(i)) => i,

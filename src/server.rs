@@ -19,12 +19,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
-/// Time a client gets to send a complete request head; longer is a slowloris.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Open connections per listener; beyond it new connections wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 10_000;
+/// Per-listener bounds against slow or idle clients. The defaults are production values; tests
+/// shorten them so a slowloris test takes milliseconds instead of the real 10 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a client gets to send a complete request head (and a TLS handshake); longer is a
+    /// slowloris.
+    pub header_read_timeout: Duration,
+    /// Open connections per listener; beyond it new connections wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
+}
 /// Request head size cap (HTTP/1 buffer; HTTP/2 header list).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// HTTP/2 concurrent streams per connection.
@@ -67,11 +82,11 @@ impl Shutdown {
     }
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     b.http2()
@@ -84,6 +99,23 @@ fn builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Runs `conn`, dropping it (which closes the connection) if no request head has arrived within
+/// `limit`. hyper's own header read timeout starts only once the auto builder has sniffed the
+/// protocol from the first bytes, and that sniffing waits forever: without this, a client that
+/// connects and sends nothing (or half an HTTP/2 preface) holds a connection slot indefinitely.
+async fn first_request_within<C: Future>(conn: C, first_request: &Notify, limit: Duration) {
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => return,
+        arrived = tokio::time::timeout(limit, first_request.notified()) => {
+            if arrived.is_err() {
+                return;
+            }
+        }
+    }
+    conn.await;
+}
+
 /// Serves `listener` until `shutdown`, then drains for at most `drain_timeout`.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
@@ -91,15 +123,16 @@ pub async fn serve<H, F, B>(
     handler: H,
     shutdown: Shutdown,
     drain_timeout: Duration,
+    limits: Limits,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(builder());
+    let builder = Arc::new(builder(limits));
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let slot = tokio::select! {
             _ = shutdown.wait() => break,
@@ -119,7 +152,10 @@ pub async fn serve<H, F, B>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let first_request = Arc::new(Notify::new());
+        let seen = first_request.clone();
         let service = service_fn(move |req| {
+            seen.notify_one();
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
@@ -131,16 +167,19 @@ pub async fn serve<H, F, B>(
             match tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let conn = watcher.watch(conn.into_owned());
+                    first_request_within(conn, &first_request, limits.header_read_timeout).await;
                 }
                 Some(acceptor) => {
                     let Ok(Ok(stream)) =
-                        tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                            .await
                     else {
                         return;
                     };
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let conn = watcher.watch(conn.into_owned());
+                    first_request_within(conn, &first_request, limits.header_read_timeout).await;
                 }
             }
         });
