@@ -15,8 +15,10 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=SHOPTET_PROXY_GIT_COMMIT={commit}");
-    // In a worktree `.git` is a file; ask git where HEAD and the refs really live.
-    for path in ["HEAD", "refs/heads", "packed-refs"] {
+    // In a worktree `.git` is a file; ask git where HEAD and the current branch's ref live.
+    // Only this branch's ref is watched, so commits on other branches do not rebuild.
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for path in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
         if let Some(p) = git(&["rev-parse", "--git-path", path]) {
             println!("cargo:rerun-if-changed={p}");
         }
