@@ -21,10 +21,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-/// Drops kept free below the bucket's capacity when pacing: room for one large answer
-/// (a 50 KiB result costs about 6 drops) plus what the estimate may miss.
-pub const BUCKET_RESERVE: f64 = 10.0;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("store: {0}")]
@@ -126,7 +122,10 @@ pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
             max_in_flight: cfg.proxy.max_in_flight,
             max_queue: cfg.proxy.max_queue,
             queue_timeout: cfg.proxy.queue_timeout,
-            bucket_reserve: cfg.proxy.bucket_pacing.then_some(BUCKET_RESERVE),
+            bucket_reserve: cfg
+                .proxy
+                .bucket_pacing
+                .then_some(f64::from(cfg.proxy.bucket_reserve)),
         },
         metrics.clone(),
     );

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub paced: IntCounter,
     pub pace_wait: Histogram,
+    pub bucket_429: IntCounter,
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
@@ -116,13 +117,18 @@ impl Metrics {
             .expect("static gauge"),
             paced: IntCounter::new(
                 "shoptet_proxy_bucket_paced_requests_total",
-                "Requests delayed to keep an e-shop's leaky bucket from overflowing.",
+                "Requests delayed to keep an e-shop's leaky bucket from overflowing: the 429s avoided.",
             )
             .expect("static counter"),
             pace_wait: histogram(
                 "shoptet_proxy_bucket_pace_seconds",
                 "Time requests were delayed by leaky-bucket pacing.",
             ),
+            bucket_429: IntCounter::new(
+                "shoptet_proxy_bucket_429_total",
+                "429 answers from the Shoptet API for a full leaky bucket (with Retry-After): the 429s received despite pacing.",
+            )
+            .expect("static counter"),
             installations: IntGaugeVec::new(
                 Opts::new(
                     "shoptet_proxy_installations",
@@ -169,6 +175,7 @@ impl Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.paced.clone()),
             Box::new(m.pace_wait.clone()),
+            Box::new(m.bucket_429.clone()),
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
