@@ -121,11 +121,13 @@ impl Bucket {
         self.at = now;
     }
 
-    pub fn cost(&self) -> f64 {
+    #[cfg(test)]
+    fn cost(&self) -> f64 {
         self.cost
     }
 
-    pub fn in_flight(&self) -> u32 {
+    #[cfg(test)]
+    fn in_flight(&self) -> u32 {
         self.in_flight
     }
 }

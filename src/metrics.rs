@@ -117,7 +117,7 @@ impl Metrics {
             .expect("static gauge"),
             paced: IntCounter::new(
                 "shoptet_proxy_bucket_paced_requests_total",
-                "Requests delayed to keep an e-shop's leaky bucket from overflowing: the 429s avoided.",
+                "Requests delayed by leaky-bucket pacing: each is a bucket 429 the model expected and avoided.",
             )
             .expect("static counter"),
             pace_wait: histogram(
@@ -126,7 +126,7 @@ impl Metrics {
             ),
             bucket_429: IntCounter::new(
                 "shoptet_proxy_bucket_429_total",
-                "429 answers from the Shoptet API for a full leaky bucket (with Retry-After): the 429s received despite pacing.",
+                "429 answers from the Shoptet API for a full leaky bucket (with Retry-After): the bucket 429s received.",
             )
             .expect("static counter"),
             installations: IntGaugeVec::new(
@@ -250,5 +250,7 @@ mod tests {
         assert!(text.contains("shoptet_proxy_build_info{commit="));
         assert!(text.contains(r#"shoptet_proxy_token_fetches_total{result="ok"} 1"#));
         assert!(text.contains("shoptet_proxy_request_duration_seconds_bucket"));
+        assert!(text.contains("shoptet_proxy_bucket_429_total 0"));
+        assert!(text.contains("shoptet_proxy_bucket_paced_requests_total 0"));
     }
 }
