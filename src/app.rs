@@ -23,10 +23,6 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::task::JoinSet;
 
-/// Drops kept free below the bucket's capacity when pacing: room for one large answer
-/// (a 50 KiB result costs about 6 drops) plus what the estimate may miss.
-pub const BUCKET_RESERVE: f64 = 10.0;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("store: {0}")]
@@ -144,7 +140,10 @@ pub async fn start_with_limits(
             max_in_flight: cfg.proxy.max_in_flight,
             max_queue: cfg.proxy.max_queue,
             queue_timeout: cfg.proxy.queue_timeout,
-            bucket_reserve: cfg.proxy.bucket_pacing.then_some(BUCKET_RESERVE),
+            bucket_reserve: cfg
+                .proxy
+                .bucket_pacing
+                .then_some(f64::from(cfg.proxy.bucket_reserve)),
         },
         metrics.clone(),
     );

@@ -30,6 +30,9 @@ const ENV_METADATA_NAME: &str = "environment variable";
 pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
 /// Printed in place of every secret value.
 const REDACTED: &str = "<redacted>";
+/// Bound of `proxy.bucket_reserve`: Shoptet's bucket holds 200 drops, and a reserve of all of
+/// them would leave pacing room for one request at a time only.
+pub const MAX_BUCKET_RESERVE: u32 = 200;
 
 /// A configuration that cannot be used. Shown to the operator as is, so every variant names the
 /// key and the offending value (never a secret value).
@@ -90,6 +93,8 @@ pub struct Proxy {
     pub upstream_timeout: Duration,
     pub token_backoff_max: Duration,
     pub bucket_pacing: bool,
+    /// Drops pacing keeps free below the bucket's capacity (below [`MAX_BUCKET_RESERVE`]).
+    pub bucket_reserve: u32,
     pub shutdown_timeout: Duration,
     pub client_keys_file: Option<PathBuf>,
     /// Loaded from `client_keys_file`; empty means clients need not authenticate.
@@ -260,6 +265,7 @@ struct RawProxy {
     #[serde(deserialize_with = "text")]
     token_backoff_max: String,
     bucket_pacing: bool,
+    bucket_reserve: u32,
     #[serde(deserialize_with = "text")]
     shutdown_timeout: String,
     #[serde(deserialize_with = "text")]
@@ -281,6 +287,7 @@ impl Default for RawProxy {
             upstream_timeout: "60s".into(),
             token_backoff_max: "10s".into(),
             bucket_pacing: true,
+            bucket_reserve: 10,
             shutdown_timeout: "30s".into(),
             client_keys_file: String::new(),
         }
@@ -703,6 +710,7 @@ impl Validator<'_> {
             token_backoff_max: self
                 .positive_duration("proxy.token_backoff_max", &raw.token_backoff_max)?,
             bucket_pacing: raw.bucket_pacing,
+            bucket_reserve: self.bucket_reserve(raw.bucket_reserve)?,
             shutdown_timeout: self.duration("proxy.shutdown_timeout", &raw.shutdown_timeout)?,
             client_keys_file,
             client_keys,
@@ -836,6 +844,18 @@ impl Validator<'_> {
             return Err(self.err(key, format!("{value:?} must be longer than zero")));
         }
         Ok(d)
+    }
+
+    fn bucket_reserve(&self, value: u32) -> Result<u32, ConfigError> {
+        if value >= MAX_BUCKET_RESERVE {
+            return Err(self.err(
+                "proxy.bucket_reserve",
+                format!(
+                    "{value} leaves no room in Shoptet's bucket of 200 drops; must be below {MAX_BUCKET_RESERVE}"
+                ),
+            ));
+        }
+        Ok(value)
     }
 
     fn positive(&self, key: &str, value: usize) -> Result<usize, ConfigError> {
@@ -981,6 +1001,7 @@ struct ProxyView {
     upstream_timeout: String,
     token_backoff_max: String,
     bucket_pacing: bool,
+    bucket_reserve: u32,
     shutdown_timeout: String,
     client_keys_file: String,
     client_keys: Vec<&'static str>,
@@ -1085,6 +1106,7 @@ impl From<&Config> for RedactedView {
                 upstream_timeout: show_duration(c.proxy.upstream_timeout),
                 token_backoff_max: show_duration(c.proxy.token_backoff_max),
                 bucket_pacing: c.proxy.bucket_pacing,
+                bucket_reserve: c.proxy.bucket_reserve,
                 shutdown_timeout: show_duration(c.proxy.shutdown_timeout),
                 client_keys_file: show_path(&c.proxy.client_keys_file),
                 client_keys: c.proxy.client_keys.iter().map(|_| REDACTED).collect(),
@@ -1189,6 +1211,7 @@ mod tests {
         );
         assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(60));
         assert!(c.proxy.bucket_pacing);
+        assert_eq!(c.proxy.bucket_reserve, 10);
         assert!(c.proxy.client_keys.is_empty());
         assert_eq!(c.public.listen, None);
         assert_eq!(c.public.install_allow.len(), 2);
@@ -1574,6 +1597,22 @@ mod tests {
         ] {
             assert_mentions(&load_err(toml, &[]), &[key, value]);
         }
+    }
+
+    #[test]
+    fn bucket_reserve_is_read_and_bounded_below_the_capacity() {
+        let c = load_ok("[proxy]\nbucket_reserve = 0\n", &[]);
+        assert_eq!(c.proxy.bucket_reserve, 0);
+        let c = load_ok("", &[("SHOPTET_PROXY_PROXY__BUCKET_RESERVE", "25")]);
+        assert_eq!(c.proxy.bucket_reserve, 25);
+        assert_mentions(
+            &load_err("[proxy]\nbucket_reserve = 200\n", &[]),
+            &["proxy.bucket_reserve", "200"],
+        );
+        assert_mentions(
+            &load_err("[proxy]\nbucket_reserve = -1\n", &[]),
+            &["proxy.bucket_reserve", "-1"],
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! leaky bucket per e-shop. Rather than pass those 429s to addons, the proxy keeps at most
 //! `max_in_flight_per_eshop` requests per e-shop and `max_in_flight` in all upstream; the rest
 //! wait in FIFO order (tokio's semaphores are fair) up to `max_queue` per e-shop and
-//! `queue_timeout` each. An admitted request is then paced by its e-shop's [`Bucket`] model.
+//! `queue_timeout` each. An admitted request is then paced by its e-shop's [`Bucket`] model: it
+//! holds its slot while it waits for the drain, so pacing an e-shop never delays another one.
 //! The [`Permit`] is the upstream slot: it lives in the response body until the answer is sent.
 
 use crate::bucket::{self, Bucket};
@@ -14,7 +15,7 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// What a full queue tells the client to wait before trying again.
 const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -40,6 +41,8 @@ struct EshopFlow {
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     bucket: Mutex<Bucket>,
+    /// Wakes paced requests when an answer corrects the model, often freeing room early.
+    answers: Notify,
 }
 
 /// An admitted request: its upstream slot and how long it waited for it.
@@ -57,7 +60,7 @@ pub struct Permit {
     _slot: OwnedSemaphorePermit,
     _global: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
-    /// Sent upstream and not yet answered (counts in the bucket model).
+    /// Counted in flight by the bucket model until its answer (or its drop) settles it.
     awaiting_answer: bool,
 }
 
@@ -94,7 +97,8 @@ impl Flow {
                 Arc::new(EshopFlow {
                     slots: Arc::new(Semaphore::new(self.cfg.max_in_flight_per_eshop)),
                     waiting: AtomicUsize::new(0),
-                    bucket: Mutex::new(Bucket::new(Instant::now())),
+                    bucket: Mutex::new(Bucket::new(tokio::time::Instant::now())),
+                    answers: Notify::new(),
                 })
             })
             .clone()
@@ -133,8 +137,11 @@ impl Flow {
                 .map_err(|_| ProxyError::QueueTimeout)?,
         };
         let paced = match self.cfg.bucket_reserve {
-            Some(reserve) => self.pace(&eshop, reserve, deadline).await,
-            None => Duration::ZERO,
+            Some(reserve) => Self::pace(&eshop, reserve, deadline).await,
+            None => {
+                lock(&eshop.bucket).reserve_anyway();
+                Duration::ZERO
+            }
         };
         let queued = arrived.elapsed();
         self.metrics.queue_wait.observe(queued.as_secs_f64());
@@ -149,33 +156,37 @@ impl Flow {
                 _slot: slot,
                 _global: global,
                 metrics: self.metrics.clone(),
-                awaiting_answer: false,
+                awaiting_answer: true,
             },
             queued,
             paced,
         })
     }
 
-    /// Sleeps until the e-shop's modelled bucket has room, but never past `deadline`: a request
-    /// that has waited its whole `queue_timeout` goes out and meets Shoptet's verdict. Returns
-    /// the time slept.
-    async fn pace(
-        &self,
-        eshop: &EshopFlow,
-        reserve: f64,
-        deadline: tokio::time::Instant,
-    ) -> Duration {
+    /// Waits until the e-shop's modelled bucket has room and reserves it, but never past
+    /// `deadline`: a request that has waited its whole `queue_timeout` goes out anyway and meets
+    /// Shoptet's verdict (a GET is then retried after Shoptet's `Retry-After`). Returns the time
+    /// waited.
+    async fn pace(eshop: &EshopFlow, reserve: f64, deadline: tokio::time::Instant) -> Duration {
         let start = tokio::time::Instant::now();
+        let mut now = start;
         loop {
-            let wait = lock(&eshop.bucket).wait(Instant::now(), reserve);
-            if wait.is_zero() {
-                return start.elapsed();
+            // Registered before the check, so an answer landing in between still wakes us.
+            let answered = eshop.answers.notified();
+            let wait = match lock(&eshop.bucket).try_reserve(now, reserve) {
+                // Zero unless it waited: only a delayed request counts as paced.
+                Ok(()) => return now - start,
+                Err(wait) => wait,
+            };
+            if now >= deadline {
+                lock(&eshop.bucket).reserve_anyway();
+                return now - start;
             }
-            let until = (tokio::time::Instant::now() + wait).min(deadline);
-            tokio::time::sleep_until(until).await;
-            if until >= deadline {
-                return start.elapsed();
+            tokio::select! {
+                _ = tokio::time::sleep_until((now + wait).min(deadline)) => {}
+                _ = answered => {}
             }
+            now = tokio::time::Instant::now();
         }
     }
 }
@@ -186,10 +197,11 @@ fn lock(m: &Mutex<Bucket>) -> std::sync::MutexGuard<'_, Bucket> {
 }
 
 impl Permit {
-    /// The request is about to be sent upstream.
+    /// The request is about to be sent upstream. The first send was reserved at admission; a
+    /// resend (replay, 429 retry) is counted in flight again, unpaced.
     pub fn sending(&mut self) {
         if !self.awaiting_answer {
-            lock(&self.eshop.bucket).sent();
+            lock(&self.eshop.bucket).reserve_anyway();
             self.awaiting_answer = true;
         }
     }
@@ -199,16 +211,21 @@ impl Permit {
         let filling = headers
             .get("x-ratelimit-bucket-filling")
             .and_then(|v| bucket::parse_filling(v.as_bytes()));
+        let now = tokio::time::Instant::now();
         let mut b = lock(&self.eshop.bucket);
         if self.awaiting_answer {
-            b.answered(Instant::now(), filling);
+            b.answered(now, filling);
             self.awaiting_answer = false;
         }
+        // The concurrency 429 (nginx) carries no Retry-After; only the bucket's does.
         if status == http::StatusCode::TOO_MANY_REQUESTS
             && headers.contains_key(http::header::RETRY_AFTER)
         {
-            b.overflowed(Instant::now());
+            b.overflowed(now);
+            self.metrics.bucket_429.inc();
         }
+        drop(b);
+        self.eshop.answers.notify_waiters();
     }
 }
 
@@ -216,7 +233,140 @@ impl Drop for Permit {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
         if self.awaiting_answer {
-            lock(&self.eshop.bucket).answered(Instant::now(), None);
+            lock(&self.eshop.bucket).answered(tokio::time::Instant::now(), None);
+            self.eshop.answers.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue, StatusCode};
+
+    fn flow(queue_timeout: Duration, bucket_reserve: Option<f64>) -> Flow {
+        Flow::new(
+            FlowConfig {
+                max_in_flight_per_eshop: 3,
+                max_in_flight: 50,
+                max_queue: 100,
+                queue_timeout,
+                bucket_reserve,
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// Runs one request through `flow` whose answer reports `filling` (and `status`).
+    async fn answer(flow: &Flow, status: StatusCode, filling: &'static str) {
+        let mut permit = flow
+            .admit(1, Instant::now())
+            .await
+            .expect("admitted")
+            .permit;
+        permit.sending();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-ratelimit-bucket-filling",
+            HeaderValue::from_static(filling),
+        );
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from_static("Mon, 01 Jul 2024 12:01:11 GMT"),
+            );
+        }
+        permit.answered(status, &headers);
+    }
+
+    #[tokio::test]
+    async fn concurrent_admissions_cannot_share_the_last_drops() {
+        let flow = flow(Duration::from_secs(30), Some(10.0));
+        // 188 + 3 × cost 1 > 190: room for two requests now, the third waits 0.1 s of drain.
+        answer(&flow, StatusCode::OK, "188/200").await;
+        let (a, b, c) = tokio::join!(
+            flow.admit(1, Instant::now()),
+            flow.admit(1, Instant::now()),
+            flow.admit(1, Instant::now()),
+        );
+        let mut paced: Vec<Duration> = [a, b, c]
+            .into_iter()
+            .map(|r| r.expect("admitted").paced)
+            .collect();
+        paced.sort();
+        assert_eq!(paced[..2], [Duration::ZERO, Duration::ZERO]);
+        assert!(
+            paced[2] >= Duration::from_millis(95) && paced[2] < Duration::from_millis(500),
+            "{paced:?}"
+        );
+        assert_eq!(flow.metrics.paced.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn pacing_never_holds_a_request_past_queue_timeout() {
+        let flow = flow(Duration::from_millis(300), Some(10.0));
+        answer(&flow, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
+        assert_eq!(flow.metrics.bucket_429.get(), 1);
+        // A full bucket needs 1.1 s to reach 190 − 1; the queue timeout is 0.3 s.
+        let admission = flow
+            .admit(1, Instant::now())
+            .await
+            .expect("sent at the deadline");
+        // Released at the deadline, not after the 1.1 s the drain needs.
+        assert!(
+            admission.paced >= Duration::from_millis(250)
+                && admission.paced < Duration::from_millis(900),
+            "{:?}",
+            admission.paced
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_wakes_a_paced_request_before_its_sleep_ends() {
+        let flow = flow(Duration::from_secs(30), Some(10.0));
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(
+                flow.admit(1, Instant::now())
+                    .await
+                    .expect("admitted")
+                    .permit,
+            );
+        }
+        // 195 + 3 × cost 1 − 190: the drain alone would take 0.8 s.
+        answer(&flow, StatusCode::OK, "195/200").await;
+        let waiter = flow.admit(1, Instant::now());
+        tokio::pin!(waiter);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut waiter)
+                .await
+                .is_err(),
+            "the bucket has no room yet"
+        );
+        // A held request's answer shows the bucket far lower than modelled.
+        answer_permit(&mut held[0], "150/200");
+        let admission = waiter.await.expect("admitted");
+        assert!(
+            admission.paced < Duration::from_millis(500),
+            "{:?}",
+            admission.paced
+        );
+    }
+
+    fn answer_permit(permit: &mut Permit, filling: &'static str) {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-ratelimit-bucket-filling",
+            HeaderValue::from_static(filling),
+        );
+        permit.answered(StatusCode::OK, &headers);
+    }
+
+    #[tokio::test]
+    async fn without_pacing_a_full_bucket_delays_nothing() {
+        let flow = flow(Duration::from_secs(30), None);
+        answer(&flow, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
+        let admission = flow.admit(1, Instant::now()).await.expect("admitted");
+        assert_eq!(admission.paced, Duration::ZERO);
     }
 }

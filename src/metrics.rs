@@ -60,6 +60,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub paced: IntCounter,
     pub pace_wait: Histogram,
+    pub bucket_429: IntCounter,
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
@@ -137,13 +138,18 @@ impl Metrics {
             .expect("static gauge"),
             paced: IntCounter::new(
                 "shoptet_proxy_bucket_paced_requests_total",
-                "Requests delayed to keep an e-shop's leaky bucket from overflowing.",
+                "Requests delayed by leaky-bucket pacing: each is a bucket 429 the model expected and avoided.",
             )
             .expect("static counter"),
             pace_wait: histogram(
                 "shoptet_proxy_bucket_pace_seconds",
                 "Time requests were delayed by leaky-bucket pacing.",
             ),
+            bucket_429: IntCounter::new(
+                "shoptet_proxy_bucket_429_total",
+                "429 answers from the Shoptet API for a full leaky bucket (with Retry-After): the bucket 429s received.",
+            )
+            .expect("static counter"),
             installations: IntGaugeVec::new(
                 Opts::new(
                     "shoptet_proxy_installations",
@@ -203,6 +209,7 @@ impl Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.paced.clone()),
             Box::new(m.pace_wait.clone()),
+            Box::new(m.bucket_429.clone()),
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
@@ -277,6 +284,8 @@ mod tests {
         assert!(text.contains("shoptet_proxy_build_info{commit="));
         assert!(text.contains(r#"shoptet_proxy_token_fetches_total{result="ok"} 1"#));
         assert!(text.contains("shoptet_proxy_request_duration_seconds_bucket"));
+        assert!(text.contains("shoptet_proxy_bucket_429_total 0"));
+        assert!(text.contains("shoptet_proxy_bucket_paced_requests_total 0"));
     }
 
     #[test]

@@ -1,0 +1,198 @@
+//! A load scenario for leaky-bucket pacing (issue 6), shared by `tests/pacing.rs` (short form)
+//! and `benches/pacing.rs` (full size): the simulator with its bucket on, a proxy in front of it
+//! with a throwaway store, and clients hammering e-shops through the proxy for a while.
+//!
+//! Test support: it panics with a clear message when setting up fails.
+
+use shoptet_proxy::app::{self, Running};
+use shoptet_proxy::config::Config;
+use shoptet_proxy::metrics::Metrics;
+use shoptet_proxy::secret::Secret;
+use shoptet_proxy::sim::testing::{self, TestClient};
+use shoptet_proxy::sim::{SimConfig, SimHandle};
+use shoptet_proxy::store::{Keyring, NewInstallation, Store};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The simulator's bucket and whether the proxy paces.
+pub struct Bucket {
+    pub capacity: u32,
+    pub drain_per_sec: u32,
+    pub pacing: bool,
+}
+
+/// Clients firing GETs at one e-shop: each sends, waits for the answer, waits `gap`, and again,
+/// until `duration` has passed. Request `n` asks for an answer of `sizes[n % len]` bytes (0 = the
+/// plain answer).
+pub struct Clients {
+    pub eshop: u64,
+    pub clients: usize,
+    pub duration: Duration,
+    pub gap: Duration,
+    pub sizes: &'static [usize],
+}
+
+/// What the clients saw: per request answered within the run, when it finished (from the start)
+/// and how long it took.
+pub struct Load {
+    duration: Duration,
+    done: Vec<(Duration, Duration)>,
+    failures: usize,
+}
+
+impl Load {
+    /// Requests answered with anything but 200.
+    pub fn failures(&self) -> usize {
+        self.failures
+    }
+
+    /// Requests answered 200.
+    pub fn ok(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Successful requests per second among those finished between `from` and the end of the run.
+    pub fn rate(&self, from: Duration) -> f64 {
+        let n = self.done.iter().filter(|(at, _)| *at >= from).count();
+        n as f64 / (self.duration - from).as_secs_f64()
+    }
+
+    /// The latency at quantile `q` (0..=1) of the successful requests.
+    pub fn latency(&self, q: f64) -> Duration {
+        let mut l: Vec<Duration> = self.done.iter().map(|(_, l)| *l).collect();
+        l.sort();
+        let i = ((l.len() as f64 - 1.0) * q).round() as usize;
+        l.get(i).copied().unwrap_or_default()
+    }
+}
+
+pub struct Harness {
+    sim: SimHandle,
+    running: Running,
+    client: TestClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// A simulator with `bucket`, `eshops` installed, and a proxy (default configuration, loopback
+    /// ports) in front of it.
+    pub async fn start(bucket: Bucket, eshops: &[u64]) -> Harness {
+        let sim_cfg = SimConfig {
+            bucket_capacity: bucket.capacity,
+            bucket_drain_per_sec: bucket.drain_per_sec,
+            ..SimConfig::default()
+        };
+        let sim = testing::start(sim_cfg.clone()).await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut cfg = Config::load_from(None, &[]).expect("the default configuration loads");
+        let sim_url: url::Url = sim.base_url().parse().expect("the simulator URL parses");
+        cfg.shoptet.api_url = sim_url.clone();
+        cfg.shoptet.partner_url = sim_url;
+        cfg.shoptet.client_id = sim_cfg.client_id.clone();
+        cfg.shoptet.client_secret = Some(Secret::new(sim_cfg.client_secret.clone()));
+        cfg.proxy.listen = ([127, 0, 0, 1], 0).into();
+        cfg.admin.listen = ([127, 0, 0, 1], 0).into();
+        cfg.public.listen = None;
+        cfg.proxy.bucket_pacing = bucket.pacing;
+        cfg.store.url = format!("sqlite://{}", dir.path().join("proxy.db").display());
+        let store = Store::open(&cfg.store.url, Keyring::generate())
+            .await
+            .expect("the store opens");
+        for &eshop_id in eshops {
+            let installation = sim.create_eshop(eshop_id);
+            store
+                .upsert_installation(
+                    &NewInstallation {
+                        eshop_id,
+                        eshop_url: None,
+                        contact_email: None,
+                        oauth_token: Secret::new(installation.oauth_token),
+                    },
+                    None,
+                )
+                .await
+                .expect("the installation is stored");
+        }
+        let running = app::start(cfg, store).await.expect("the proxy starts");
+        Harness {
+            sim,
+            running,
+            client: TestClient::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Runs `c` to its end and reports what its clients saw.
+    pub async fn fire(&self, c: Clients) -> Load {
+        let url = format!(
+            "http://{}/eshops/{}/api/eshop",
+            self.running.proxy_addr, c.eshop
+        );
+        let start = Instant::now();
+        let end = start + c.duration;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..c.clients {
+            let (client, url, sent) = (self.client.clone(), url.clone(), sent.clone());
+            let sizes = c.sizes;
+            let gap = c.gap;
+            tasks.spawn(async move {
+                let mut done = Vec::new();
+                let mut failures = 0;
+                while Instant::now() < end {
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    let size = sizes[n % sizes.len()].to_string();
+                    let headers: &[(&str, &str)] = if size == "0" {
+                        &[]
+                    } else {
+                        &[("x-sim-response-size", &size)]
+                    };
+                    let t = Instant::now();
+                    // A request still waiting at the end is not counted: the run is over.
+                    let Ok(r) = tokio::time::timeout_at(end, client.get(&url, headers)).await
+                    else {
+                        break;
+                    };
+                    let took = t.elapsed();
+                    if r.status == http::StatusCode::OK {
+                        done.push((t - start + took, took));
+                    } else {
+                        failures += 1;
+                    }
+                    if !gap.is_zero() {
+                        tokio::time::sleep(gap).await;
+                    }
+                }
+                (done, failures)
+            });
+        }
+        let mut load = Load {
+            duration: c.duration,
+            done: Vec::new(),
+            failures: 0,
+        };
+        while let Some(r) = tasks.join_next().await {
+            let (done, failures) = r.expect("a client task finished");
+            load.done.extend(done);
+            load.failures += failures;
+        }
+        load
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.running.app.metrics
+    }
+
+    /// 429 answers the simulator gave, in all.
+    pub fn sim_429(&self) -> u64 {
+        self.sim.stats().status429
+    }
+
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
+        self.sim.shutdown().await;
+    }
+}
