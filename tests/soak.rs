@@ -488,6 +488,25 @@ async fn proxy_hides_token_chaos_and_loses_nothing() {
         rss_end * 5 < rss_start * 6,
         "RSS grew from {rss_start} kB to {rss_end} kB"
     );
+    // After all that traffic, the metrics still hold no secret (the admin listener is loopback
+    // only, but scrapes end up in dashboards).
+    let scrape = h
+        .http
+        .get(&format!("http://{}/metrics", proxy.admin), &[])
+        .await;
+    assert_eq!(scrape.status, 200);
+    let scrape = scrape.text();
+    assert!(scrape.contains("shoptet_proxy_"), "not a scrape: {scrape}");
+    let mut secrets: Vec<String> = oauth.values().cloned().collect();
+    secrets.extend(["sim-secret".to_owned(), install_common::ADMIN_TOKEN.to_owned()]);
+    for s in &secrets {
+        assert!(!scrape.contains(s.as_str()), "a secret is in /metrics");
+    }
+    // Simulator API tokens look like `{eshop}-a-{n}-{random}`.
+    assert!(
+        !(FIRST_ESHOP..FIRST_ESHOP + ESHOPS).any(|id| scrape.contains(&format!("{id}-a-"))),
+        "an API token is in /metrics"
+    );
     proxy.signal("TERM");
     let (status, _, _) = proxy.finish(Duration::from_secs(30));
     assert!(status.success(), "proxy exit: {status}");
