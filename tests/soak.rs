@@ -498,7 +498,10 @@ async fn proxy_hides_token_chaos_and_loses_nothing() {
     let scrape = scrape.text();
     assert!(scrape.contains("shoptet_proxy_"), "not a scrape: {scrape}");
     let mut secrets: Vec<String> = oauth.values().cloned().collect();
-    secrets.extend(["sim-secret".to_owned(), install_common::ADMIN_TOKEN.to_owned()]);
+    secrets.extend([
+        "sim-secret".to_owned(),
+        install_common::ADMIN_TOKEN.to_owned(),
+    ]);
     for s in &secrets {
         assert!(!scrape.contains(s.as_str()), "a secret is in /metrics");
     }
