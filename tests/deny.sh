@@ -14,7 +14,7 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 fi
 
 if [ "${1:-}" = advisories ]; then
-    cargo deny check advisories licenses bans sources
+    cargo deny check --hide-inclusion-graph advisories licenses bans sources
 else
-    cargo deny --offline check licenses bans sources
+    cargo deny --offline check --hide-inclusion-graph licenses bans sources
 fi
