@@ -453,7 +453,12 @@ async fn proxy_hides_token_chaos_and_loses_nothing() {
     }
 
     // Every accepted POST is in the simulator exactly once, and nothing else is.
-    h.sim.set_config(|c| c.token_cap = 0);
+    // Reading every order page takes longer than a 2-s token on a slow machine.
+    h.sim.set_config(|c| {
+        c.token_cap = 0;
+        c.token_lifetime = Duration::from_secs(600);
+        c.bucket = false;
+    });
     let mut in_sim: HashMap<String, u32> = HashMap::new();
     for token in oauth.values() {
         for e in order_emails(&sim, &h.http, token).await {
