@@ -7,7 +7,9 @@
 //!   token the fetch produced;
 //! - a token with less than `refresh_margin` left keeps serving while one background task renews it;
 //! - a 401 invalidates a token only if it is still the current one, so 20 requests rejected
-//!   together cause one refresh, not 20;
+//!   together cause one refresh, not 20; a rejected request is replayed only with a token minted
+//!   for a rejection, because a token obtained before it (a background refresh) may have been
+//!   revoked together with the rejected one;
 //! - a failed fetch is remembered with exponential backoff, and requests fail fast meanwhile.
 //!
 //! No map guard is ever held across an `.await`: entries are `Arc`s cloned out of the map, and
@@ -35,6 +37,8 @@ pub struct Token {
     expires_at: Instant,
     /// Unique per minted or adopted token in this process; identifies "the current one".
     generation: u64,
+    /// Obtained to replace a token Shoptet rejected, so newer than whatever revoked that one.
+    after_rejection: bool,
 }
 
 impl Token {
@@ -193,8 +197,9 @@ impl TokenCache {
             let mut st = lock(&entry.state);
             if st.token.as_ref().map(|t| t.generation) == Some(rejected.generation) {
                 st.token = None;
-            } else if let Some(t) =
-                st.usable(Instant::now(), self.min_left(), Some(rejected.generation))
+            } else if let Some(t) = st
+                .usable(Instant::now(), self.min_left(), Some(rejected.generation))
+                .filter(|t| t.after_rejection)
             {
                 return Ok(t);
             }
@@ -227,17 +232,29 @@ impl TokenCache {
         rejected: Option<&Token>,
     ) -> Result<Arc<Token>, ProxyError> {
         let _flight = entry.fetch.lock().await;
-        {
+        let distrusted = {
             let st = lock(&entry.state);
             let now = Instant::now();
-            if let Some(t) = st.usable(now, min_left, rejected.map(|t| t.generation)) {
+            if let Some(t) = st
+                .usable(now, min_left, rejected.map(|t| t.generation))
+                .filter(|t| rejected.is_none() || t.after_rejection)
+            {
                 return Ok(t);
             }
             if let Some(e) = st.blocked(now) {
                 return Err(e);
             }
-        }
-        let result = self.obtain(eshop_id, rejected.map(|t| &t.secret)).await;
+            // Replacing a rejected token: the current one, unless minted for a rejection, was
+            // obtained before Shoptet's verdict and may have been revoked with the rejected one;
+            // the store holds the same token, so it must not be adopted from there either.
+            rejected.and(st.token.clone())
+        };
+        let result = self
+            .obtain(
+                eshop_id,
+                rejected.map(|r| distrusted.as_deref().map_or(&r.secret, |t| &t.secret)),
+            )
+            .await;
         let mut st = lock(&entry.state);
         match result {
             Ok(t) => {
@@ -299,7 +316,7 @@ impl TokenCache {
                 .unwrap_or_default();
             if left > self.cfg.refresh_margin && rejected.is_none_or(|r| r != &stored.token) {
                 lock.release().await;
-                return Ok(self.ready(stored));
+                return Ok(self.ready(stored, rejected.is_some()));
             }
         }
         let started = Instant::now();
@@ -331,10 +348,10 @@ impl TokenCache {
         }
         lock.release().await;
         tracing::debug!(eshop_id, "minted a new API access token");
-        Ok(self.ready(token))
+        Ok(self.ready(token, rejected.is_some()))
     }
 
-    fn ready(&self, t: AccessToken) -> Arc<Token> {
+    fn ready(&self, t: AccessToken, after_rejection: bool) -> Arc<Token> {
         let mut header = HeaderValue::from_str(t.token.expose())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         header.set_sensitive(true);
@@ -343,6 +360,7 @@ impl TokenCache {
             expires_at: to_instant(t.expires_at),
             secret: t.token,
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
+            after_rejection,
         })
     }
 

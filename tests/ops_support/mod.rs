@@ -274,6 +274,21 @@ impl Served {
         );
     }
 
+    /// The process id, e.g. to read `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resident memory of the process in kB (`VmRSS` of `/proc/<pid>/status`); None when the
+    /// process is gone or the platform has no procfs.
+    pub fn rss_kb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Sends `signal` ("TERM", "INT", "KILL") to the process.
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
