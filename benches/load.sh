@@ -251,7 +251,7 @@ end
 response = function(status)
     if status ~= 200 then error("status " .. status) end
     done = done + 1
-    if done >= n then wrk.thread:stop() end
+    if done == n then io.open("$TMP/walked", "w"):close() end
 end
 EOF
 pick_lua() {
@@ -265,8 +265,17 @@ EOF
 }
 echo "first pass over all $ESHOPS e-shops (tokens loaded lazily and minted)..." >&2
 first_s=$(date +%s%N)
-taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d600s -s "$TMP/walk.lua" "http://127.0.0.1:$FL_PORT" >"$TMP/walk.out"
+# wrk cannot stop after N requests by itself (a stopped thread still waits out -d): the script
+# stops it by its pid once the Lua script marks the walk complete.
+taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d600s -s "$TMP/walk.lua" "http://127.0.0.1:$FL_PORT" >"$TMP/walk.out" &
+WALK_PID=$!
+until [ -e "$TMP/walked" ]; do
+    kill -0 "$WALK_PID" 2>/dev/null || { echo "the first pass failed" >&2; exit 1; }
+    sleep 0.1
+done
 first_ms=$((($(date +%s%N) - first_s) / 1000000))
+kill "$WALK_PID"
+wait "$WALK_PID" 2>/dev/null || true
 
 for n in 1 1000 "$ESHOPS"; do
     lua=$(pick_lua "$n")
