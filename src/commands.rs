@@ -15,14 +15,22 @@ fn config_or_exit(cli: &Cli) -> Result<Config, ExitCode> {
     })
 }
 
+/// One worker thread per CPU the process may run on (affinity and cgroup quota included). On one
+/// CPU the current-thread scheduler does the same work without the work-stealing machinery (and
+/// its cross-thread wake-ups) that a single worker cannot use.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("shoptet-proxy: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cpus);
+        b
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("shoptet-proxy: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn start_failed(e: &StartError) -> ExitCode {

@@ -154,12 +154,33 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Turns a client's request head into the one sent to Shoptet, except for the token (set per
+/// attempt): hop-by-hop headers, the tag, any token the client sent and Host go; Content-Length
+/// goes too because hyper frames the upstream body itself. Returns the declared body length.
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    eshop_header: &HeaderName,
+) -> Result<Option<u64>, ProxyError> {
+    strip_hop_by_hop(headers);
+    headers.remove(eshop_header);
+    headers.remove(&PRIVATE_TOKEN_HEADER);
+    headers.remove(header::HOST);
+    let declared_len = headers
+        .remove(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > MAX_BODY) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    Ok(declared_len)
+}
+
 impl Proxy {
     /// Answers one request on the proxy listener. Never fails: errors become envelopes.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let arrived = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // A cheap clone (shared bytes): the access line needs the path after `req` is consumed.
+        let uri = req.uri().clone();
         let mut trace = Trace::default();
         let resp = match self.forward(req, arrived, &mut trace).await {
             Ok(r) => r,
@@ -178,7 +199,7 @@ impl Proxy {
         tracing::info!(
             target: "access",
             method = %method,
-            path = %path,
+            path = %uri.path(),
             eshop_id = trace.eshop_id,
             status,
             total_ms = total.as_secs_f64() * 1e3,
@@ -231,22 +252,11 @@ impl Proxy {
             target.push('?');
             target.push_str(q);
         }
-        let uri: Uri = target.parse().map_err(|_| ProxyError::NotFound)?;
+        // From the String's own buffer: `str::parse` would copy it once more.
+        let uri = Uri::from_maybe_shared(Bytes::from(target)).map_err(|_| ProxyError::NotFound)?;
 
         let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        headers.remove(&self.settings.eshop_header);
-        headers.remove(&PRIVATE_TOKEN_HEADER);
-        headers.remove(header::HOST);
-        let declared_len = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared_len.is_some_and(|n| n > MAX_BODY) {
-            return Err(ProxyError::BodyTooLarge);
-        }
-        // hyper frames the upstream body itself from the body's size.
-        headers.remove(header::CONTENT_LENGTH);
+        let declared_len = rewrite_request_headers(&mut headers, &self.settings.eshop_header)?;
 
         let mut body = match read_for_replay(body, declared_len, self.settings.max_replay_body)
             .await
@@ -269,10 +279,17 @@ impl Proxy {
                 // replayable bodies), but answer sanely rather than panic.
                 return Err(ProxyError::UpstreamUnreachable);
             };
+            // The head is copied only while another attempt may still need it.
+            let may_resend = (body.replayable() && !trace.replayed)
+                || (retry_429 && trace.retries_429 < MAX_429_RETRIES);
             let mut req = Request::new(req_body);
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = uri.clone();
-            *req.headers_mut() = headers.clone();
+            *req.headers_mut() = if may_resend {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
             req.headers_mut()
                 .insert(TOKEN_HEADER.clone(), token.header.clone());
 

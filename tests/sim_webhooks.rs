@@ -317,6 +317,37 @@ async fn control_plane_creates_eshops_and_calls_the_install_url() {
 }
 
 #[tokio::test]
+async fn bulk_eshops_answer_with_their_derived_oauth_tokens_and_seed_orders_on_use() {
+    let e = env_with(SimConfig::default()).await;
+    let body = json!({"from": 5000, "count": 3, "oauthTokenPrefix": "bulk"});
+    let r = e.control(Method::POST, "/sim/eshops/bulk", &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"from": 5000, "count": 3}));
+    let token = e.c.api_token(&e.sim.base_url(), "bulk5002").await;
+    let orders =
+        e.c.get(
+            &e.url("/api/orders"),
+            &[("shoptet-access-token", token.as_str())],
+        )
+        .await;
+    assert_eq!(orders.status, StatusCode::OK);
+    assert_eq!(orders.json()["data"]["paginator"]["totalCount"], 25);
+    let beyond = e
+        .control(Method::GET, "/sim/eshops/5003", &Value::Null)
+        .await;
+    assert_eq!(beyond.status, StatusCode::NOT_FOUND);
+    for bad in [
+        json!({"from": 0, "count": 1, "oauthTokenPrefix": "p"}),
+        json!({"from": 1, "count": 2_000_000, "oauthTokenPrefix": "p"}),
+        json!({"from": 1, "count": 1, "oauthTokenPrefix": ""}),
+        json!({"from": u64::MAX, "count": 2, "oauthTokenPrefix": "p"}),
+    ] {
+        let r = e.control(Method::POST, "/sim/eshops/bulk", &bad).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn control_plane_rejects_bad_input_without_panicking() {
     let e = env_with(SimConfig::default()).await;
     let cases = [

@@ -621,7 +621,7 @@ fn list_orders(eshop: &Eshop, query: Option<&str>) -> Answer {
     let orders: Vec<Value> = eshop
         .data
         .lock()
-        .map(|d| d.orders.values().cloned().collect())
+        .map(|mut d| d.orders().values().cloned().collect())
         .unwrap_or_default();
     list("orders", &orders, query, 20, 100)
 }
@@ -647,7 +647,7 @@ fn create_order(state: &Arc<State>, eshop: &Eshop, parts: &Parts, body: &Bytes) 
     d.next_order += 1;
     let (code, mut order) = order_json(eshop.id, seq, &now_shoptet());
     merge(&mut order, fields);
-    d.orders.insert(code.clone(), order.clone());
+    d.orders().insert(code.clone(), order.clone());
     drop(d);
     eshop
         .counters
@@ -696,11 +696,11 @@ fn order(
         return not_found("Order");
     };
     let (answer, event) = match (m, patch) {
-        (&Method::GET, _) => match d.orders.get(code) {
+        (&Method::GET, _) => match d.orders().get(code) {
             Some(o) => (Answer::data(StatusCode::OK, &json!({"order": o})), None),
             None => (not_found("Order"), None),
         },
-        (&Method::PATCH, Some(fields)) => match d.orders.get_mut(code) {
+        (&Method::PATCH, Some(fields)) => match d.orders().get_mut(code) {
             Some(o) => {
                 merge(o, fields);
                 if let Some(obj) = o.as_object_mut() {
@@ -711,7 +711,7 @@ fn order(
             }
             None => (not_found("Order"), None),
         },
-        (&Method::DELETE, _) => match d.orders.remove(code) {
+        (&Method::DELETE, _) => match d.orders().remove(code) {
             Some(_) => (
                 Answer::data(StatusCode::OK, &Value::Null),
                 Some("order:delete"),

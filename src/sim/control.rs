@@ -5,6 +5,7 @@
 //! | route | effect / answer |
 //! |---|---|
 //! | `POST /sim/eshops` `{"eshopId":N?,"installUrl":"http://..."?}` | installs an e-shop (a free id when none is given; an existing id is re-installed) → `{"eshopId","code","oauthToken"}`; with `installUrl`, first calls `GET installUrl?code=...` like Shoptet (5 s timeout) and adds `"installStatus":200` (or `"installError":"..."`) |
+//! | `POST /sim/eshops/bulk` `{"from":N,"count":M,"oauthTokenPrefix":"p"}` | installs (or re-installs) e-shops N..N+M-1 (M ≤ 1,000,000) at once, each with the OAuth token `<p><eshopId>` and no code, for load tests over many e-shops → `{"from","count"}` |
 //! | `GET /sim/eshops/{id}` | `{"eshopId","status":"active|suspended|uninstalled","validTokens":n,"webhooks":[...],"deniedEndpoints":[...],"hasSignatureKey":bool}` |
 //! | `POST /sim/eshops/{id}/code` | re-install: a new one-time code **and a new OAuth token**; the old OAuth token and every API token minted under it are revoked; the e-shop is active again → same answer as `POST /sim/eshops` |
 //! | `POST /sim/eshops/{id}/revoke-tokens` | every API token of the e-shop answers `invalid-token` from now on → `{"tokens":n}` |
@@ -75,6 +76,7 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
     let m = req.method().clone();
     match (segs.as_slice(), &m) {
         (["eshops"], &Method::POST) => create(state, req).await,
+        (["eshops", "bulk"], &Method::POST) => bulk(state, req).await,
         (["eshops", id, rest @ ..], _) => {
             let Ok(id) = id.parse::<u64>() else {
                 return error(StatusCode::BAD_REQUEST, "e-shop id must be a number");
@@ -176,6 +178,36 @@ async fn create(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     let inst = state.install(eshop_id);
     installed(state, inst, install_url.as_deref()).await
+}
+
+/// Most e-shops one bulk call installs: enough for the 100,000-e-shop benchmark, bounded so a
+/// typo cannot eat the machine's memory.
+const MAX_BULK: u64 = 1_000_000;
+
+async fn bulk(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let v = match body_json(req).await {
+        Ok(v) => v,
+        Err(e) => return bad_request(e),
+    };
+    let from = v.get("from").and_then(Value::as_u64).filter(|n| *n > 0);
+    let count = v
+        .get("count")
+        .and_then(Value::as_u64)
+        .filter(|n| *n <= MAX_BULK);
+    let prefix = v
+        .get("oauthTokenPrefix")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty());
+    let (Some(from), Some(count), Some(prefix)) = (from, count, prefix) else {
+        return bad_request(
+            "from (positive), count (at most 1000000) and oauthTokenPrefix are required",
+        );
+    };
+    if from.checked_add(count).is_none() {
+        return bad_request("from + count overflows");
+    }
+    state.install_bulk(from, count, prefix);
+    ok(json!({"from": from, "count": count}))
 }
 
 async fn installed(

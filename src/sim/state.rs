@@ -101,9 +101,25 @@ impl Webhook {
 }
 
 pub(crate) struct EshopData {
-    pub orders: BTreeMap<String, Value>,
+    eshop_id: u64,
+    /// `None` until first used: 25 seed orders for each of 100,000 bulk e-shops would take
+    /// gigabytes, and load tests never look at them.
+    orders: Option<BTreeMap<String, Value>>,
     pub next_order: u64,
     pub webhooks: Vec<Webhook>,
+}
+
+impl EshopData {
+    /// The e-shop's orders, seeded with [`SEED_ORDERS`] orders on first use.
+    pub(crate) fn orders(&mut self) -> &mut BTreeMap<String, Value> {
+        let id = self.eshop_id;
+        self.orders.get_or_insert_with(|| {
+            let created = now_shoptet();
+            (1..=SEED_ORDERS)
+                .map(|seq| order_json(id, seq, &created))
+                .collect()
+        })
+    }
 }
 
 /// Orders every new e-shop starts with, so pagination has something to page through.
@@ -162,10 +178,6 @@ impl Eshop {
             "defaultLanguage": "cs",
         }))
         .unwrap_or_default();
-        let created = now_shoptet();
-        let orders = (1..=SEED_ORDERS)
-            .map(|seq| order_json(id, seq, &created))
-            .collect();
         Eshop {
             id,
             status: AtomicU8::new(ACTIVE),
@@ -177,7 +189,8 @@ impl Eshop {
             bucket: Bucket::new(),
             denied: RwLock::new(Vec::new()),
             data: Mutex::new(EshopData {
-                orders,
+                eshop_id: id,
+                orders: None,
                 next_order: SEED_ORDERS + 1,
                 webhooks: Vec::new(),
             }),
@@ -448,26 +461,41 @@ impl State {
                 break candidate;
             }
         });
+        let oauth_token = random_lower_alnum(255);
+        let code = random_lower_alnum(255);
+        self.install_with_token(id, oauth_token.clone());
+        self.codes.insert(code.clone(), (id, oauth_token.clone()));
+        SimInstallation {
+            eshop_id: id,
+            code,
+            oauth_token,
+        }
+    }
+
+    /// Installs e-shops `from..from + count` at once, each with the OAuth token
+    /// `<prefix><eshopId>` (no codes): load tests derive the tokens instead of collecting
+    /// 100,000 of them from answers.
+    pub(crate) fn install_bulk(&self, from: u64, count: u64, prefix: &str) {
+        for id in from..from + count {
+            self.install_with_token(id, format!("{prefix}{id}"));
+        }
+    }
+
+    /// (Re-)installs `id` under `oauth_token`: the previous OAuth token and its API tokens are
+    /// revoked and the installation is active.
+    fn install_with_token(&self, id: u64, oauth_token: String) {
         let eshop = self
             .eshops
             .entry(id)
             .or_insert_with(|| Arc::new(Eshop::new(id)))
             .clone();
         eshop.mark_tokens(&self.tokens, true);
-        let oauth_token = random_lower_alnum(255);
-        let code = random_lower_alnum(255);
         if let Ok(mut auth) = eshop.auth.lock() {
             let old = std::mem::replace(&mut auth.oauth_token, oauth_token.clone());
             self.oauth.remove(&old);
         }
-        self.oauth.insert(oauth_token.clone(), id);
-        self.codes.insert(code.clone(), (id, oauth_token.clone()));
+        self.oauth.insert(oauth_token, id);
         eshop.status.store(ACTIVE, Ordering::Relaxed);
-        SimInstallation {
-            eshop_id: id,
-            code,
-            oauth_token,
-        }
     }
 
     /// Mints an API token for the installation behind `oauth_token`.

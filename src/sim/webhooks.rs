@@ -50,16 +50,18 @@ pub(crate) fn send_event(
 ) -> Option<u64> {
     let eshop = state.eshop(eshop_id)?;
     let (url, payload) = {
-        let d = eshop.data.lock().ok()?;
+        let mut d = eshop.data.lock().ok()?;
         let hook = d.webhooks.iter().find(|w| w.event == event)?;
-        let payload = (hook.send_payload.as_str() == Some("full") && event.starts_with("order:"))
+        let url = hook.url.clone();
+        let full = hook.send_payload.as_str() == Some("full") && event.starts_with("order:");
+        let payload = full
             .then(|| {
-                d.orders
+                d.orders()
                     .get(instance)
                     .map(|o| json!({"data": {"order": o}}))
             })
             .flatten();
-        (hook.url.clone(), payload)
+        (url, payload)
     };
     Some(deliver(
         state,
