@@ -184,7 +184,9 @@ mod tests {
         for _ in 0..10_000 {
             b.reserve_anyway();
         }
-        let w = b.try_reserve(now, 10.0).expect_err("a full bucket makes the request wait");
+        let w = b
+            .try_reserve(now, 10.0)
+            .expect_err("a full bucket makes the request wait");
         assert!(w > Duration::from_secs(1000), "{w:?}");
     }
 
