@@ -26,6 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+/// How often an e-shop in use has its installation re-read from the store, in the background, so
+/// a change made elsewhere (another replica's `addon:suspend`, `eshops remove`, an uninstall)
+/// reaches this process's cache within this bound rather than at the next token refresh.
+const STATUS_RECHECK: Duration = Duration::from_secs(10);
+
 /// First backoff after a failed fetch; doubles up to `token_backoff_max` (SPEC B2).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -65,6 +70,8 @@ pub struct TokenCache {
     metrics: Arc<Metrics>,
     cfg: TokenConfig,
     generations: AtomicU64,
+    /// Time origin of `Entry::checked_ms`.
+    epoch: Instant,
 }
 
 #[derive(Default)]
@@ -72,6 +79,14 @@ struct Entry {
     state: Mutex<State>,
     fetch: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
+    /// When the store was last asked about this installation (ms since `TokenCache::epoch`).
+    checked_ms: AtomicU64,
+}
+
+impl Entry {
+    fn is_suspended(&self) -> bool {
+        lock(&self.state).suspended
+    }
 }
 
 #[derive(Default)]
@@ -146,6 +161,7 @@ impl TokenCache {
             metrics,
             cfg,
             generations: AtomicU64::new(1),
+            epoch: Instant::now(),
         }
     }
 
@@ -153,7 +169,17 @@ impl TokenCache {
         if let Some(e) = self.entries.get(&eshop_id) {
             return e.clone();
         }
-        self.entries.entry(eshop_id).or_default().clone()
+        // A new entry counts as checked now: its first fetch reads the store anyway.
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.entries
+            .entry(eshop_id)
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    checked_ms: AtomicU64::new(now_ms),
+                    ..Entry::default()
+                })
+            })
+            .clone()
     }
 
     /// Below this a cached token is not sent: it could expire on the way. Above it but within
@@ -166,6 +192,7 @@ impl TokenCache {
     pub async fn get(self: &Arc<Self>, eshop_id: u64) -> Result<Arc<Token>, ProxyError> {
         let entry = self.entry(eshop_id);
         let now = Instant::now();
+        self.recheck_status(eshop_id, &entry, now);
         {
             let st = lock(&entry.state);
             if st.suspended {
@@ -206,6 +233,40 @@ impl TokenCache {
         }
         self.fetch(eshop_id, &entry, self.min_left(), Some(rejected))
             .await
+    }
+
+    /// At most every `STATUS_RECHECK` per e-shop, re-reads the installation's status in the
+    /// background. The request goes on with its token; only later requests see the change.
+    fn recheck_status(self: &Arc<Self>, eshop_id: u64, entry: &Entry, now: Instant) {
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let last = entry.checked_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < STATUS_RECHECK.as_millis() as u64
+            || entry
+                .checked_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.store.get(eshop_id).await {
+                Ok(Some(inst)) => match inst.status {
+                    Status::Active => {
+                        if this.entry(eshop_id).is_suspended() {
+                            this.set_suspended(eshop_id, false);
+                        }
+                    }
+                    Status::Suspended => this.set_suspended(eshop_id, true),
+                    Status::Uninstalled => this.drop_token(eshop_id),
+                },
+                // The next request fetches, meets "not installed" and caches it with backoff.
+                Ok(None) => this.drop_token(eshop_id),
+                Err(e) => {
+                    tracing::warn!(eshop_id, error = %e, "status re-check: store unavailable")
+                }
+            }
+        });
     }
 
     fn refresh_in_background(self: &Arc<Self>, eshop_id: u64, entry: &Arc<Entry>) {
@@ -380,6 +441,13 @@ impl TokenCache {
         st.suspended = suspended;
         st.failure = None;
         st.backoff = None;
+    }
+
+    /// The installation is gone: stop serving its token, keeping any cached failure and backoff.
+    fn drop_token(&self, eshop_id: u64) {
+        if let Some(entry) = self.entries.get(&eshop_id).map(|e| e.clone()) {
+            lock(&entry.state).token = None;
+        }
     }
 
     /// The installation was replaced or removed: drop its cached token and any cached failure.

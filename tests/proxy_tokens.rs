@@ -9,7 +9,7 @@ use common::{assert_proxy_error, sim_config, Harness, ESHOP};
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
 use serde_json::json;
-use shoptet_proxy::sim::testing::TestClient;
+use shoptet_proxy::sim::testing::{TestClient, TestResponse};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -341,4 +341,48 @@ async fn failed_refresh_on_replay_answers_the_refresh_error() {
     let r = h.get(ESHOP, "/api/eshop").await;
     assert_proxy_error(&r, 403, "proxy-oauth-token-rejected");
     assert_eq!(h.token_calls(), 2, "backing off");
+}
+
+/// Polls `GET /api/eshop` until its status is `want` (the status re-check runs every 10 s in the
+/// background); panics after 25 s.
+async fn eventually_status(h: &Harness, want: u16) -> TestResponse {
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let r = h.get(ESHOP, "/api/eshop").await;
+        if r.status.as_u16() == want {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} instead of {want}: {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn status_changes_made_elsewhere_reach_a_running_proxy() {
+    // Another replica (or `eshops remove`) changes the store; this proxy never saw a webhook.
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    assert_eq!(h.get(ESHOP, "/api/eshop").await.status, StatusCode::OK);
+    let store = h.store.clone();
+    store
+        .set_status(ESHOP, shoptet_proxy::store::Status::Suspended)
+        .await
+        .expect("store write");
+    let r = eventually_status(&h, 403).await;
+    assert_proxy_error(&r, 403, "proxy-eshop-suspended");
+    store
+        .set_status(ESHOP, shoptet_proxy::store::Status::Active)
+        .await
+        .expect("store write");
+    eventually_status(&h, 200).await;
+    assert!(store.remove(ESHOP).await.expect("store write"));
+    let r = eventually_status(&h, 403).await;
+    assert_proxy_error(&r, 403, "proxy-eshop-not-installed");
+    // Suspension and approval were learned from the store, not by asking Shoptet.
+    assert_eq!(h.minted(ESHOP), 1);
 }
