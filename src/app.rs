@@ -87,14 +87,19 @@ impl Running {
     }
 }
 
-async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            listener,
-            addr,
-            source,
-        })
+/// Binds `addr` and reports the address actually bound (port 0 picks one).
+async fn bind(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let failed = |source| StartError::Bind {
+        listener,
+        addr,
+        source,
+    };
+    let tcp = TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = tcp.local_addr().map_err(failed)?;
+    Ok((tcp, bound))
 }
 
 /// Builds the application on an opened store and binds its listeners.
@@ -177,34 +182,15 @@ pub async fn start_with_limits(
         _ => None,
     };
 
-    let proxy_listener = bind("proxy", cfg.proxy.listen).await?;
-    let admin_listener = bind("admin", cfg.admin.listen).await?;
-    let public_listener = match cfg.public.listen {
-        Some(addr) => Some(bind("public", addr).await?),
-        None => None,
+    let (proxy_listener, proxy_addr) = bind("proxy", cfg.proxy.listen).await?;
+    let (admin_listener, admin_addr) = bind("admin", cfg.admin.listen).await?;
+    let (public_listener, public_addr) = match cfg.public.listen {
+        Some(addr) => {
+            let (l, a) = bind("public", addr).await?;
+            (Some(l), Some(a))
+        }
+        None => (None, None),
     };
-    let public_addr = match &public_listener {
-        Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
-            listener: "public",
-            addr: cfg.public.listen.unwrap_or(cfg.proxy.listen),
-            source,
-        })?),
-        None => None,
-    };
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            listener: "proxy",
-            addr: cfg.proxy.listen,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            listener: "admin",
-            addr: cfg.admin.listen,
-            source,
-        })?;
 
     let drain = cfg.proxy.shutdown_timeout;
     let app = Arc::new(App {

@@ -626,18 +626,23 @@ fn list_orders(eshop: &Eshop, query: Option<&str>) -> Answer {
     list("orders", &orders, query, 20, 100)
 }
 
+/// The request's `data`, which must be a JSON object (order create and update).
+fn object_data(parts: &Parts, body: &Bytes) -> Result<Map<String, Value>, Answer> {
+    match json_data(parts, body)? {
+        Value::Object(m) => Ok(m),
+        _ => Err(Answer::error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request-data",
+            "data must be an object.",
+            "data",
+        )),
+    }
+}
+
 /// Order writes fire the e-shop's `order:*` webhooks, as Shoptet does for any order change.
 fn create_order(state: &Arc<State>, eshop: &Eshop, parts: &Parts, body: &Bytes) -> Answer {
-    let fields = match json_data(parts, body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return Answer::error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-request-data",
-                "data must be an object.",
-                "data",
-            )
-        }
+    let fields = match object_data(parts, body) {
+        Ok(m) => m,
         Err(a) => return a,
     };
     let Ok(mut d) = eshop.data.lock() else {
@@ -677,16 +682,8 @@ fn order(
     body: &Bytes,
 ) -> Answer {
     let patch = if m == Method::PATCH {
-        match json_data(parts, body) {
-            Ok(Value::Object(f)) => Some(f),
-            Ok(_) => {
-                return Answer::error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid-request-data",
-                    "data must be an object.",
-                    "data",
-                )
-            }
+        match object_data(parts, body) {
+            Ok(f) => Some(f),
             Err(a) => return a,
         }
     } else {
