@@ -229,10 +229,11 @@ impl Admin {
             Err(e) => return Ok(store_failed(e)),
         };
         let tokens = &self.app.proxy.tokens;
-        let current = tokens.get(eshop_id).await?;
+        let eshop = self.app.proxy.eshops.get(eshop_id);
+        let current = tokens.get(&eshop).await?;
         // With no token stored, `get` has just minted one: replacing it would mint a second.
         let fresh = match stored {
-            Some(_) => tokens.replace(eshop_id, &current).await?,
+            Some(_) => tokens.replace(&eshop, &current).await?,
             None => current,
         };
         let expires = time::OffsetDateTime::from(std::time::SystemTime::now() + fresh.remaining())

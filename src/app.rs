@@ -6,6 +6,7 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::eshops::Eshops;
 use crate::flow::{Flow, FlowConfig};
 use crate::metrics::Metrics;
 use crate::oauth::OAuthClient;
@@ -63,7 +64,7 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub public_addr: Option<SocketAddr>,
-    /// The proxy and public listeners and the outbox worker.
+    /// The proxy and public listeners, the outbox worker and the status re-check.
     tasks: JoinSet<()>,
     /// The admin listener outlives the drain: `/readyz` answers 503 and `/metrics` stays
     /// scrapable while in-flight requests finish, and it stops only after everything else.
@@ -102,6 +103,19 @@ async fn bind(
     Ok((tcp, bound))
 }
 
+/// The `Host` header for requests to `url`: the host, and the port when it is not the default.
+fn host_header(url: &url::Url) -> Result<http::HeaderValue, StartError> {
+    let host = url.host_str().unwrap_or_default();
+    let value = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    http::HeaderValue::from_str(&value).map_err(|_| StartError::Invalid {
+        what: "shoptet.api_url",
+        detail: "the host cannot be sent in a Host header".to_owned(),
+    })
+}
+
 /// Builds the application on an opened store and binds its listeners.
 pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
     start_with_limits(cfg, store, server::Limits::default()).await
@@ -130,7 +144,9 @@ pub async fn start_with_limits(
             detail: e.to_string(),
         })?,
     );
+    let eshops = Arc::new(Eshops::new(cfg.proxy.max_in_flight_per_eshop));
     let tokens = Arc::new(TokenCache::new(
+        eshops.clone(),
         store.clone(),
         oauth.clone(),
         metrics.clone(),
@@ -160,6 +176,7 @@ pub async fn start_with_limits(
                 .as_str()
                 .trim_end_matches('/')
                 .to_owned(),
+            api_host: host_header(&cfg.shoptet.api_url)?,
             eshop_header: cfg.proxy.eshop_header.clone(),
             max_replay_body: cfg.proxy.max_replay_body,
             max_retry_wait: cfg.proxy.max_retry_wait,
@@ -167,6 +184,7 @@ pub async fn start_with_limits(
             client_keys: cfg.proxy.client_keys.clone(),
         },
         client,
+        eshops,
         tokens,
         flow,
         metrics: metrics.clone(),
@@ -248,6 +266,15 @@ pub async fn start_with_limits(
         ));
     }
     tasks.spawn(crate::outbox::run(app.clone(), wake));
+    {
+        let app = app.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = app.proxy.tokens.clone().watch_statuses() => {}
+                _ = app.shutdown.wait() => {}
+            }
+        });
+    }
     app.ready.store(true, Ordering::Release);
     tracing::info!(
         %proxy_addr,

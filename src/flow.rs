@@ -10,12 +10,15 @@
 
 use crate::bucket::{self, Bucket};
 use crate::error::ProxyError;
+use crate::eshops::Eshop;
 use crate::metrics::Metrics;
-use dashmap::DashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+static BUCKET_FILLING: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-bucket-filling");
 
 /// What a full queue tells the client to wait before trying again.
 const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -31,18 +34,31 @@ pub struct FlowConfig {
 }
 
 pub struct Flow {
-    eshops: DashMap<u64, Arc<EshopFlow>>,
     global: Arc<Semaphore>,
     cfg: FlowConfig,
     metrics: Arc<Metrics>,
 }
 
-struct EshopFlow {
-    slots: Arc<Semaphore>,
+/// One e-shop's part of flow control, kept in its [`Eshop`] record.
+pub struct Lane {
+    /// Upstream slots. A slot taken is `forget`-ed and given back by [`Permit`]'s drop, so the
+    /// semaphore lives inline in the record instead of in an `Arc` of its own.
+    slots: Semaphore,
     waiting: AtomicUsize,
     bucket: Mutex<Bucket>,
     /// Wakes paced requests when an answer corrects the model, often freeing room early.
     answers: Notify,
+}
+
+impl Lane {
+    pub fn new(slots: usize) -> Lane {
+        Lane {
+            slots: Semaphore::new(slots),
+            waiting: AtomicUsize::new(0),
+            bucket: Mutex::new(Bucket::new(tokio::time::Instant::now())),
+            answers: Notify::new(),
+        }
+    }
 }
 
 /// An admitted request: its upstream slot and how long it waited for it.
@@ -56,8 +72,7 @@ pub struct Admission {
 
 /// One upstream slot of one e-shop. Dropping it frees the slot.
 pub struct Permit {
-    eshop: Arc<EshopFlow>,
-    _slot: OwnedSemaphorePermit,
+    eshop: Arc<Eshop>,
     _global: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
     /// Counted in flight by the bucket model until its answer (or its drop) settles it.
@@ -80,80 +95,85 @@ impl Drop for Waiting<'_> {
 impl Flow {
     pub fn new(cfg: FlowConfig, metrics: Arc<Metrics>) -> Flow {
         Flow {
-            eshops: DashMap::new(),
             global: Arc::new(Semaphore::new(cfg.max_in_flight)),
             cfg,
             metrics,
         }
     }
 
-    fn eshop(&self, eshop_id: u64) -> Arc<EshopFlow> {
-        if let Some(e) = self.eshops.get(&eshop_id) {
-            return e.clone();
-        }
-        self.eshops
-            .entry(eshop_id)
-            .or_insert_with(|| {
-                Arc::new(EshopFlow {
-                    slots: Arc::new(Semaphore::new(self.cfg.max_in_flight_per_eshop)),
-                    waiting: AtomicUsize::new(0),
-                    bucket: Mutex::new(Bucket::new(tokio::time::Instant::now())),
-                    answers: Notify::new(),
-                })
-            })
-            .clone()
-    }
-
-    /// Waits for an upstream slot for `eshop_id`, at most until `arrived + queue_timeout`.
-    pub async fn admit(&self, eshop_id: u64, arrived: Instant) -> Result<Admission, ProxyError> {
-        let eshop = self.eshop(eshop_id);
+    /// Waits for an upstream slot for `eshop`, at most until `arrived + queue_timeout`.
+    pub async fn admit(
+        &self,
+        eshop: &Arc<Eshop>,
+        arrived: Instant,
+    ) -> Result<Admission, ProxyError> {
+        let lane = &eshop.flow;
         let deadline = tokio::time::Instant::from_std(arrived + self.cfg.queue_timeout);
-        let slots = eshop.slots.clone();
-        let slot = match slots.clone().try_acquire_owned() {
+        // Whether this request had to wait at all: the common case reads no clock here.
+        let mut waited = false;
+        let slot = match lane.slots.try_acquire() {
             Ok(p) => p,
             Err(_) => {
-                if eshop.waiting.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_queue {
-                    eshop.waiting.fetch_sub(1, Ordering::Relaxed);
+                waited = true;
+                if lane.waiting.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_queue {
+                    lane.waiting.fetch_sub(1, Ordering::Relaxed);
                     return Err(ProxyError::QueueFull {
                         retry_after: QUEUE_FULL_RETRY_AFTER,
                     });
                 }
                 self.metrics.queue_length.inc();
                 let _waiting = Waiting {
-                    count: &eshop.waiting,
+                    count: &lane.waiting,
                     metrics: &self.metrics,
                 };
-                tokio::time::timeout_at(deadline, slots.acquire_owned())
+                tokio::time::timeout_at(deadline, lane.slots.acquire())
                     .await
                     .map_err(|_| ProxyError::QueueTimeout)?
                     .map_err(|_| ProxyError::QueueTimeout)?
             }
         };
+        // From here until the Permit exists nothing awaits, so the slot cannot leak; a request
+        // cancelled while waiting for the global slot or the bucket gives it back via `Slot`.
+        slot.forget();
+        let slot = Slot(lane);
         let global = match self.global.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
-                .await
-                .map_err(|_| ProxyError::QueueTimeout)?
-                .map_err(|_| ProxyError::QueueTimeout)?,
+            Err(_) => {
+                waited = true;
+                tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
+                    .await
+                    .map_err(|_| ProxyError::QueueTimeout)?
+                    .map_err(|_| ProxyError::QueueTimeout)?
+            }
+        };
+        // Microseconds after arrival when nothing waited: close enough for the bucket model.
+        let pace_from = if waited {
+            tokio::time::Instant::now()
+        } else {
+            tokio::time::Instant::from_std(arrived)
         };
         let paced = match self.cfg.bucket_reserve {
-            Some(reserve) => Self::pace(&eshop, reserve, deadline).await,
+            Some(reserve) => Self::pace(lane, reserve, deadline, pace_from).await,
             None => {
-                lock(&eshop.bucket).reserve_anyway();
+                lock(&lane.bucket).reserve_anyway();
                 Duration::ZERO
             }
         };
-        let queued = arrived.elapsed();
+        let queued = if waited || !paced.is_zero() {
+            arrived.elapsed()
+        } else {
+            Duration::ZERO
+        };
         self.metrics.queue_wait.observe(queued.as_secs_f64());
         if !paced.is_zero() {
             self.metrics.paced.inc();
             self.metrics.pace_wait.observe(paced.as_secs_f64());
         }
         self.metrics.in_flight.inc();
+        std::mem::forget(slot);
         Ok(Admission {
             permit: Permit {
-                eshop,
-                _slot: slot,
+                eshop: eshop.clone(),
                 _global: global,
                 metrics: self.metrics.clone(),
                 awaiting_answer: true,
@@ -167,19 +187,23 @@ impl Flow {
     /// `deadline`: a request that has waited its whole `queue_timeout` goes out anyway and meets
     /// Shoptet's verdict (a GET is then retried after Shoptet's `Retry-After`). Returns the time
     /// waited.
-    async fn pace(eshop: &EshopFlow, reserve: f64, deadline: tokio::time::Instant) -> Duration {
-        let start = tokio::time::Instant::now();
+    async fn pace(
+        lane: &Lane,
+        reserve: f64,
+        deadline: tokio::time::Instant,
+        start: tokio::time::Instant,
+    ) -> Duration {
         let mut now = start;
         loop {
             // Registered before the check, so an answer landing in between still wakes us.
-            let answered = eshop.answers.notified();
-            let wait = match lock(&eshop.bucket).try_reserve(now, reserve) {
+            let answered = lane.answers.notified();
+            let wait = match lock(&lane.bucket).try_reserve(now, reserve) {
                 // Zero unless it waited: only a delayed request counts as paced.
                 Ok(()) => return now - start,
                 Err(wait) => wait,
             };
             if now >= deadline {
-                lock(&eshop.bucket).reserve_anyway();
+                lock(&lane.bucket).reserve_anyway();
                 return now - start;
             }
             tokio::select! {
@@ -188,6 +212,16 @@ impl Flow {
             }
             now = tokio::time::Instant::now();
         }
+    }
+}
+
+/// A slot taken from a lane and not yet owned by a [`Permit`]: given back if admission is
+/// abandoned (queue timeout on the global slot, client gone while paced).
+struct Slot<'a>(&'a Lane);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.slots.add_permits(1);
     }
 }
 
@@ -201,18 +235,22 @@ impl Permit {
     /// resend (replay, 429 retry) is counted in flight again, unpaced.
     pub fn sending(&mut self) {
         if !self.awaiting_answer {
-            lock(&self.eshop.bucket).reserve_anyway();
+            lock(&self.eshop.flow.bucket).reserve_anyway();
             self.awaiting_answer = true;
         }
     }
 
-    /// The upstream answer's head arrived: learn the bucket level from it.
-    pub fn answered(&mut self, status: http::StatusCode, headers: &http::HeaderMap) {
+    /// The upstream answer's head arrived (at `now`): learn the bucket level from it.
+    pub fn answered(
+        &mut self,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        now: tokio::time::Instant,
+    ) {
         let filling = headers
-            .get("x-ratelimit-bucket-filling")
+            .get(&BUCKET_FILLING)
             .and_then(|v| bucket::parse_filling(v.as_bytes()));
-        let now = tokio::time::Instant::now();
-        let mut b = lock(&self.eshop.bucket);
+        let mut b = lock(&self.eshop.flow.bucket);
         if self.awaiting_answer {
             b.answered(now, filling);
             self.awaiting_answer = false;
@@ -225,17 +263,19 @@ impl Permit {
             self.metrics.bucket_429.inc();
         }
         drop(b);
-        self.eshop.answers.notify_waiters();
+        self.eshop.flow.answers.notify_waiters();
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
+        let lane = &self.eshop.flow;
         if self.awaiting_answer {
-            lock(&self.eshop.bucket).answered(tokio::time::Instant::now(), None);
-            self.eshop.answers.notify_waiters();
+            lock(&lane.bucket).answered(tokio::time::Instant::now(), None);
+            lane.answers.notify_waiters();
         }
+        lane.slots.add_permits(1);
     }
 }
 
@@ -243,6 +283,11 @@ impl Drop for Permit {
 mod tests {
     use super::*;
     use http::{HeaderMap, HeaderValue, StatusCode};
+
+    /// The e-shop every test sends for.
+    fn eshop() -> Arc<Eshop> {
+        crate::eshops::Eshops::new(3).get(1)
+    }
 
     fn flow(queue_timeout: Duration, bucket_reserve: Option<f64>) -> Flow {
         Flow::new(
@@ -258,9 +303,9 @@ mod tests {
     }
 
     /// Runs one request through `flow` whose answer reports `filling` (and `status`).
-    async fn answer(flow: &Flow, status: StatusCode, filling: &'static str) {
+    async fn answer(flow: &Flow, e: &Arc<Eshop>, status: StatusCode, filling: &'static str) {
         let mut permit = flow
-            .admit(1, Instant::now())
+            .admit(e, Instant::now())
             .await
             .expect("admitted")
             .permit;
@@ -276,18 +321,19 @@ mod tests {
                 HeaderValue::from_static("Mon, 01 Jul 2024 12:01:11 GMT"),
             );
         }
-        permit.answered(status, &headers);
+        permit.answered(status, &headers, tokio::time::Instant::now());
     }
 
     #[tokio::test]
     async fn concurrent_admissions_cannot_share_the_last_drops() {
+        let e = eshop();
         let flow = flow(Duration::from_secs(30), Some(10.0));
         // 188 + 3 × cost 1 > 190: room for two requests now, the third waits 0.1 s of drain.
-        answer(&flow, StatusCode::OK, "188/200").await;
+        answer(&flow, &e, StatusCode::OK, "188/200").await;
         let (a, b, c) = tokio::join!(
-            flow.admit(1, Instant::now()),
-            flow.admit(1, Instant::now()),
-            flow.admit(1, Instant::now()),
+            flow.admit(&e, Instant::now()),
+            flow.admit(&e, Instant::now()),
+            flow.admit(&e, Instant::now()),
         );
         let mut paced: Vec<Duration> = [a, b, c]
             .into_iter()
@@ -304,12 +350,13 @@ mod tests {
 
     #[tokio::test]
     async fn pacing_never_holds_a_request_past_queue_timeout() {
+        let e = eshop();
         let flow = flow(Duration::from_millis(300), Some(10.0));
-        answer(&flow, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
+        answer(&flow, &e, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
         assert_eq!(flow.metrics.bucket_429.get(), 1);
         // A full bucket needs 1.1 s to reach 190 − 1; the queue timeout is 0.3 s.
         let admission = flow
-            .admit(1, Instant::now())
+            .admit(&e, Instant::now())
             .await
             .expect("sent at the deadline");
         // Released at the deadline, not after the 1.1 s the drain needs.
@@ -323,19 +370,20 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_wakes_a_paced_request_before_its_sleep_ends() {
+        let e = eshop();
         let flow = flow(Duration::from_secs(30), Some(10.0));
         let mut held = Vec::new();
         for _ in 0..2 {
             held.push(
-                flow.admit(1, Instant::now())
+                flow.admit(&e, Instant::now())
                     .await
                     .expect("admitted")
                     .permit,
             );
         }
         // 195 + 3 × cost 1 − 190: the drain alone would take 0.8 s.
-        answer(&flow, StatusCode::OK, "195/200").await;
-        let waiter = flow.admit(1, Instant::now());
+        answer(&flow, &e, StatusCode::OK, "195/200").await;
+        let waiter = flow.admit(&e, Instant::now());
         tokio::pin!(waiter);
         assert!(
             tokio::time::timeout(Duration::from_millis(20), &mut waiter)
@@ -359,14 +407,15 @@ mod tests {
             "x-ratelimit-bucket-filling",
             HeaderValue::from_static(filling),
         );
-        permit.answered(StatusCode::OK, &headers);
+        permit.answered(StatusCode::OK, &headers, tokio::time::Instant::now());
     }
 
     #[tokio::test]
     async fn without_pacing_a_full_bucket_delays_nothing() {
+        let e = eshop();
         let flow = flow(Duration::from_secs(30), None);
-        answer(&flow, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
-        let admission = flow.admit(1, Instant::now()).await.expect("admitted");
+        answer(&flow, &e, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
+        let admission = flow.admit(&e, Instant::now()).await.expect("admitted");
         assert_eq!(admission.paced, Duration::ZERO);
     }
 }

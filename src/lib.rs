@@ -19,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod eshops;
 pub mod flow;
 pub mod logging;
 pub mod metrics;

@@ -9,6 +9,7 @@
 
 use crate::body::{read_for_replay, read_up_to, ClientBody, Limited, ReqBody, RespBody};
 use crate::error::ProxyError;
+use crate::eshops::Eshops;
 use crate::flow::{Flow, Permit};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -40,10 +41,14 @@ static TOKEN_HEADER: HeaderName = HeaderName::from_static("shoptet-access-token"
 static PRIVATE_TOKEN_HEADER: HeaderName = HeaderName::from_static("shoptet-private-api-token");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub struct ProxySettings {
     /// `scheme://authority[/base]` of the API, no trailing slash.
     pub api_base: String,
+    /// The API's `Host` header, built once: left to the client, it would be formatted anew for
+    /// every request.
+    pub api_host: HeaderValue,
     pub eshop_header: HeaderName,
     pub max_replay_body: u64,
     pub max_retry_wait: Duration,
@@ -54,6 +59,7 @@ pub struct ProxySettings {
 pub struct Proxy {
     pub settings: ProxySettings,
     pub client: Client,
+    pub eshops: Arc<Eshops>,
     pub tokens: Arc<TokenCache>,
     pub flow: Flow,
     pub metrics: Arc<Metrics>,
@@ -257,6 +263,7 @@ impl Proxy {
 
         let mut headers = parts.headers;
         let declared_len = rewrite_request_headers(&mut headers, &self.settings.eshop_header)?;
+        headers.insert(header::HOST, self.settings.api_host.clone());
 
         let mut body = match read_for_replay(body, declared_len, self.settings.max_replay_body)
             .await
@@ -266,11 +273,12 @@ impl Proxy {
             ClientBody::Streaming(s) => Outgoing::Once(Some(s)),
         };
 
-        let admission = self.flow.admit(eshop_id, arrived).await?;
+        let eshop = self.eshops.get(eshop_id);
+        let admission = self.flow.admit(&eshop, arrived).await?;
         trace.queued = admission.queued;
         trace.paced = admission.paced;
         let mut permit = admission.permit;
-        let mut token = self.tokens.get(eshop_id).await?;
+        let mut token = self.tokens.get(&eshop).await?;
         let retry_429 = parts.method == Method::GET || parts.method == Method::HEAD;
 
         loop {
@@ -295,9 +303,8 @@ impl Proxy {
 
             permit.sending();
             let sent = Instant::now();
-            let result =
-                tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req))
-                    .await;
+            let deadline = tokio::time::Instant::from_std(sent + self.settings.upstream_timeout);
+            let result = tokio::time::timeout_at(deadline, self.client.request(req)).await;
             let took = sent.elapsed();
             trace.upstream += took;
             self.metrics.upstream_duration.observe(took.as_secs_f64());
@@ -309,8 +316,8 @@ impl Proxy {
                 }
                 Ok(Ok(r)) => r,
             };
-            permit.answered(resp.status(), resp.headers());
-            trace.request_id = resp.headers().get("x-request-id").cloned();
+            permit.answered(resp.status(), resp.headers(), (sent + took).into());
+            trace.request_id = resp.headers().get(&REQUEST_ID).cloned();
 
             match resp.status() {
                 StatusCode::UNAUTHORIZED => {
@@ -325,7 +332,7 @@ impl Proxy {
                     };
                     if classify_401(&bytes) == Rejection::Token {
                         if body.replayable() && !trace.replayed {
-                            token = match self.tokens.replace(eshop_id, &token).await {
+                            token = match self.tokens.replace(&eshop, &token).await {
                                 Ok(t) => t,
                                 Err(e) => {
                                     self.metrics
@@ -348,8 +355,9 @@ impl Proxy {
                         if !trace.replayed {
                             let tokens = self.tokens.clone();
                             let dead = token.clone();
+                            let eshop = eshop.clone();
                             tokio::spawn(async move {
-                                let _ = tokens.replace(eshop_id, &dead).await;
+                                let _ = tokens.replace(&eshop, &dead).await;
                             });
                         }
                     }

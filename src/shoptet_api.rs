@@ -21,7 +21,8 @@ pub async fn renew_signature_key(proxy: &Proxy, eshop_id: u64) -> Result<Secret,
     )
     .parse()
     .map_err(|_| ProxyError::UpstreamUnreachable)?;
-    let mut token = proxy.tokens.get(eshop_id).await?;
+    let eshop = proxy.eshops.get(eshop_id);
+    let mut token = proxy.tokens.get(&eshop).await?;
     for attempt in 0..2 {
         let req = Request::builder()
             .method(Method::POST)
@@ -44,7 +45,7 @@ pub async fn renew_signature_key(proxy: &Proxy, eshop_id: u64) -> Result<Secret,
             .map_err(|_| ProxyError::UpstreamUnreachable)?
             .to_bytes();
         if status == StatusCode::UNAUTHORIZED && attempt == 0 {
-            token = proxy.tokens.replace(eshop_id, &token).await?;
+            token = proxy.tokens.replace(&eshop, &token).await?;
             continue;
         }
         let key = serde_json::from_slice::<serde_json::Value>(&body)

@@ -2,7 +2,7 @@
 //!
 //! Shoptet allows only 5 valid tokens per installation, so minting one per request, per replica or
 //! per 401 is a bug. Invariants kept here:
-//! - at most one fetch per e-shop runs at a time in this process (the entry's `fetch` mutex), and
+//! - at most one fetch per e-shop runs at a time in this process (the slot's `fetch` mutex), and
 //!   the store's token lock extends that across replicas; whoever waited re-checks and adopts the
 //!   token the fetch produced;
 //! - a token with less than `refresh_margin` left keeps serving while one background task renews it;
@@ -12,33 +12,39 @@
 //!   revoked together with the rejected one;
 //! - a failed fetch is remembered with exponential backoff, and requests fail fast meanwhile.
 //!
-//! No map guard is ever held across an `.await`: entries are `Arc`s cloned out of the map, and
-//! their state sits behind a std mutex held only for a few field reads.
+//! A token's state lives in its e-shop's [`Eshop`] record ([`Slot`]); no map guard is ever held
+//! across an `.await` (records are `Arc`s cloned out of the map), and the state sits behind a std
+//! mutex held only for a few field reads.
+//!
+//! Other replicas and the CLI change installations in the store behind this process's back (an
+//! `addon:suspend` received by another replica, `eshops remove`). One background task
+//! ([`TokenCache::watch_statuses`]) re-reads, every `STATUS_RECHECK`, the status of the e-shops used
+//! since its last pass — one batched query of ids and statuses, not a read per request — and
+//! applies what changed.
 
 use crate::error::ProxyError;
+use crate::eshops::{Eshop, Eshops};
 use crate::metrics::Metrics;
 use crate::oauth::{FetchError, OAuthClient};
-use crate::secret::Secret;
 use crate::store::{AccessToken, Status, Store};
-use dashmap::DashMap;
 use http::HeaderValue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-/// How often an e-shop in use has its installation re-read from the store, in the background, so
-/// a change made elsewhere (another replica's `addon:suspend`, `eshops remove`, an uninstall)
+/// How often the e-shops in use have their installation status re-read from the store, so a
+/// change made elsewhere (another replica's `addon:suspend`, `eshops remove`, an uninstall)
 /// reaches this process's cache within this bound rather than at the next token refresh.
-const STATUS_RECHECK: Duration = Duration::from_secs(10);
+pub const STATUS_RECHECK: Duration = Duration::from_secs(10);
 
 /// First backoff after a failed fetch; doubles up to `token_backoff_max` (SPEC B2).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
-/// A token ready to be sent: the header value is built once, not per request.
+/// A token ready to be sent: the header value is built once, not per request, and is the only
+/// copy of the secret kept (marked sensitive, so hyper and `Debug` never show it).
 #[derive(Debug)]
 pub struct Token {
     pub header: HeaderValue,
-    secret: Secret,
     expires_at: Instant,
     /// Unique per minted or adopted token in this process; identifies "the current one".
     generation: u64,
@@ -64,29 +70,22 @@ pub struct TokenConfig {
 }
 
 pub struct TokenCache {
-    entries: DashMap<u64, Arc<Entry>>,
+    eshops: Arc<Eshops>,
     store: Store,
     oauth: Arc<OAuthClient>,
     metrics: Arc<Metrics>,
     cfg: TokenConfig,
     generations: AtomicU64,
-    /// Time origin of `Entry::checked_ms`.
-    epoch: Instant,
 }
 
+/// One e-shop's token state, kept in its [`Eshop`] record.
 #[derive(Default)]
-struct Entry {
+pub struct Slot {
     state: Mutex<State>,
     fetch: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
-    /// When the store was last asked about this installation (ms since `TokenCache::epoch`).
-    checked_ms: AtomicU64,
-}
-
-impl Entry {
-    fn is_suspended(&self) -> bool {
-        lock(&self.state).suspended
-    }
+    /// Asked for since the last status re-check: only such e-shops are re-read.
+    used: AtomicBool,
 }
 
 #[derive(Default)]
@@ -96,6 +95,9 @@ struct State {
     /// Set by a signed `addon:suspend` webhook: refuse without asking Shoptet.
     suspended: bool,
     backoff: Option<Duration>,
+    /// Bumped when the installation is replaced or removed: a fetch that started before keeps
+    /// its result to itself instead of caching a token of the old installation.
+    incarnation: u32,
 }
 
 #[derive(Clone)]
@@ -149,37 +151,20 @@ fn to_instant(at: SystemTime) -> Instant {
 
 impl TokenCache {
     pub fn new(
+        eshops: Arc<Eshops>,
         store: Store,
         oauth: Arc<OAuthClient>,
         metrics: Arc<Metrics>,
         cfg: TokenConfig,
     ) -> TokenCache {
         TokenCache {
-            entries: DashMap::new(),
+            eshops,
             store,
             oauth,
             metrics,
             cfg,
             generations: AtomicU64::new(1),
-            epoch: Instant::now(),
         }
-    }
-
-    fn entry(&self, eshop_id: u64) -> Arc<Entry> {
-        if let Some(e) = self.entries.get(&eshop_id) {
-            return e.clone();
-        }
-        // A new entry counts as checked now: its first fetch reads the store anyway.
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        self.entries
-            .entry(eshop_id)
-            .or_insert_with(|| {
-                Arc::new(Entry {
-                    checked_ms: AtomicU64::new(now_ms),
-                    ..Entry::default()
-                })
-            })
-            .clone()
     }
 
     /// Below this a cached token is not sent: it could expire on the way. Above it but within
@@ -188,20 +173,23 @@ impl TokenCache {
         (self.cfg.refresh_margin / 2).min(Duration::from_secs(10))
     }
 
-    /// The token to send for `eshop_id` now.
-    pub async fn get(self: &Arc<Self>, eshop_id: u64) -> Result<Arc<Token>, ProxyError> {
-        let entry = self.entry(eshop_id);
+    /// The token to send for `eshop` now.
+    pub async fn get(self: &Arc<Self>, eshop: &Arc<Eshop>) -> Result<Arc<Token>, ProxyError> {
+        let slot = &eshop.token;
+        // Read first: a store to a flag already set would dirty the cache line on every request.
+        if !slot.used.load(Ordering::Relaxed) {
+            slot.used.store(true, Ordering::Relaxed);
+        }
         let now = Instant::now();
-        self.recheck_status(eshop_id, &entry, now);
         {
-            let st = lock(&entry.state);
+            let st = lock(&slot.state);
             if st.suspended {
                 return Err(ProxyError::EshopSuspended);
             }
             if let Some(t) = st.usable(now, self.min_left(), None) {
                 drop(st);
                 if t.remaining_at(now) <= self.cfg.refresh_margin {
-                    self.refresh_in_background(eshop_id, &entry);
+                    self.refresh_in_background(eshop);
                 }
                 return Ok(t);
             }
@@ -209,19 +197,18 @@ impl TokenCache {
                 return Err(e);
             }
         }
-        self.fetch(eshop_id, &entry, self.min_left(), None).await
+        self.fetch(eshop, self.min_left(), None).await
     }
 
     /// Shoptet rejected `rejected` with `expired-token`/`invalid-token`: get a token to replay
     /// with. Mints only if `rejected` is still the current token.
     pub async fn replace(
         self: &Arc<Self>,
-        eshop_id: u64,
+        eshop: &Arc<Eshop>,
         rejected: &Token,
     ) -> Result<Arc<Token>, ProxyError> {
-        let entry = self.entry(eshop_id);
         {
-            let mut st = lock(&entry.state);
+            let mut st = lock(&eshop.token.state);
             if st.token.as_ref().map(|t| t.generation) == Some(rejected.generation) {
                 st.token = None;
             } else if let Some(t) = st
@@ -231,70 +218,83 @@ impl TokenCache {
                 return Ok(t);
             }
         }
-        self.fetch(eshop_id, &entry, self.min_left(), Some(rejected))
-            .await
+        self.fetch(eshop, self.min_left(), Some(rejected)).await
     }
 
-    /// At most every `STATUS_RECHECK` per e-shop, re-reads the installation's status in the
-    /// background. The request goes on with its token; only later requests see the change.
-    fn recheck_status(self: &Arc<Self>, eshop_id: u64, entry: &Entry, now: Instant) {
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        let last = entry.checked_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) < STATUS_RECHECK.as_millis() as u64
-            || entry
-                .checked_ms
-                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-        {
+    /// Re-reads, every `STATUS_RECHECK`, the installation status of the e-shops used since the
+    /// previous pass and applies changes made elsewhere. Runs until the task is dropped.
+    pub async fn watch_statuses(self: Arc<Self>) {
+        let mut every = tokio::time::interval(STATUS_RECHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            self.recheck_statuses().await;
+        }
+    }
+
+    /// One pass of [`TokenCache::watch_statuses`].
+    pub async fn recheck_statuses(&self) {
+        let used: Vec<Arc<Eshop>> = self
+            .eshops
+            .all()
+            .into_iter()
+            .filter(|e| e.token.used.swap(false, Ordering::Relaxed))
+            .collect();
+        if used.is_empty() {
             return;
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            match this.store.get(eshop_id).await {
-                Ok(Some(inst)) => match inst.status {
-                    Status::Active => {
-                        if this.entry(eshop_id).is_suspended() {
-                            this.set_suspended(eshop_id, false);
-                        }
-                    }
-                    Status::Suspended => this.set_suspended(eshop_id, true),
-                    Status::Uninstalled => this.drop_token(eshop_id),
-                },
-                // The next request fetches, meets "not installed" and caches it with backoff.
-                Ok(None) => this.drop_token(eshop_id),
-                Err(e) => {
-                    tracing::warn!(eshop_id, error = %e, "status re-check: store unavailable")
+        let ids: Vec<u64> = used.iter().map(|e| e.id).collect();
+        let statuses = match self.store.statuses(&ids).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "status re-check: store unavailable");
+                // Check them again next time rather than forget they were in use.
+                for e in &used {
+                    e.token.used.store(true, Ordering::Relaxed);
                 }
+                return;
             }
-        });
+        };
+        for eshop in &used {
+            match statuses.get(&eshop.id) {
+                Some(Status::Active) => {
+                    if lock(&eshop.token.state).suspended {
+                        self.set_suspended(eshop.id, false);
+                    }
+                }
+                Some(Status::Suspended) => self.set_suspended(eshop.id, true),
+                // Removed or uninstalled: the next request fetches, meets "not installed" and
+                // caches it with backoff.
+                Some(Status::Uninstalled) | None => lock(&eshop.token.state).token = None,
+            }
+        }
     }
 
-    fn refresh_in_background(self: &Arc<Self>, eshop_id: u64, entry: &Arc<Entry>) {
-        if entry.refreshing.swap(true, Ordering::AcqRel) {
+    fn refresh_in_background(self: &Arc<Self>, eshop: &Arc<Eshop>) {
+        if eshop.token.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
-        let entry = entry.clone();
+        let eshop = eshop.clone();
         tokio::spawn(async move {
-            // Errors are recorded in the entry (backoff) and counted; the old token serves on.
-            let _ = this
-                .fetch(eshop_id, &entry, this.cfg.refresh_margin, None)
-                .await;
-            entry.refreshing.store(false, Ordering::Release);
+            // Errors are recorded in the slot (backoff) and counted; the old token serves on.
+            let _ = this.fetch(&eshop, this.cfg.refresh_margin, None).await;
+            eshop.token.refreshing.store(false, Ordering::Release);
         });
     }
 
     /// Single-flight fetch: waits for any fetch in progress, then re-checks before minting.
     async fn fetch(
         &self,
-        eshop_id: u64,
-        entry: &Entry,
+        eshop: &Eshop,
         min_left: Duration,
         rejected: Option<&Token>,
     ) -> Result<Arc<Token>, ProxyError> {
-        let _flight = entry.fetch.lock().await;
-        let distrusted = {
-            let st = lock(&entry.state);
+        let slot = &eshop.token;
+        let _flight = slot.fetch.lock().await;
+        let (distrusted, incarnation) = {
+            let st = lock(&slot.state);
             let now = Instant::now();
             if let Some(t) = st
                 .usable(now, min_left, rejected.map(|t| t.generation))
@@ -308,15 +308,19 @@ impl TokenCache {
             // Replacing a rejected token: the current one, unless minted for a rejection, was
             // obtained before Shoptet's verdict and may have been revoked with the rejected one;
             // the store holds the same token, so it must not be adopted from there either.
-            rejected.and(st.token.clone())
+            (rejected.and(st.token.clone()), st.incarnation)
         };
         let result = self
             .obtain(
-                eshop_id,
-                rejected.map(|r| distrusted.as_deref().map_or(&r.secret, |t| &t.secret)),
+                eshop.id,
+                rejected.map(|r| distrusted.as_deref().unwrap_or(r).header.as_bytes()),
             )
             .await;
-        let mut st = lock(&entry.state);
+        let mut st = lock(&slot.state);
+        if st.incarnation != incarnation {
+            // Replaced or removed meanwhile: this answer belongs to the old installation.
+            return result;
+        }
         match result {
             Ok(t) => {
                 st.failure = None;
@@ -343,7 +347,7 @@ impl TokenCache {
     async fn obtain(
         &self,
         eshop_id: u64,
-        rejected: Option<&Secret>,
+        rejected: Option<&[u8]>,
     ) -> Result<Arc<Token>, ProxyError> {
         let unavailable = || ProxyError::TokenUnavailable {
             retry_after: FIRST_BACKOFF,
@@ -375,7 +379,9 @@ impl TokenCache {
                 .expires_at
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
-            if left > self.cfg.refresh_margin && rejected.is_none_or(|r| r != &stored.token) {
+            if left > self.cfg.refresh_margin
+                && rejected.is_none_or(|r| r != stored.token.expose().as_bytes())
+            {
                 lock.release().await;
                 return Ok(self.ready(stored, rejected.is_some()));
             }
@@ -419,7 +425,6 @@ impl TokenCache {
         Arc::new(Token {
             header,
             expires_at: to_instant(t.expires_at),
-            secret: t.token,
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             after_rejection,
         })
@@ -429,29 +434,28 @@ impl TokenCache {
     /// the store or Shoptet: benchmarks warm a cache of 100,000 e-shops with it.
     pub fn adopt(&self, eshop_id: u64, token: AccessToken) -> Arc<Token> {
         let token = self.ready(token, false);
-        lock(&self.entry(eshop_id).state).token = Some(token.clone());
+        lock(&self.eshops.get(eshop_id).token.state).token = Some(token.clone());
         token
     }
 
     /// A signed `addon:suspend` / `addon:approve` arrived, or an admin changed the installation:
     /// forget what is cached so the next request re-reads the store.
     pub fn set_suspended(&self, eshop_id: u64, suspended: bool) {
-        let entry = self.entry(eshop_id);
-        let mut st = lock(&entry.state);
+        let eshop = self.eshops.get(eshop_id);
+        let mut st = lock(&eshop.token.state);
         st.suspended = suspended;
         st.failure = None;
         st.backoff = None;
     }
 
-    /// The installation is gone: stop serving its token, keeping any cached failure and backoff.
-    fn drop_token(&self, eshop_id: u64) {
-        if let Some(entry) = self.entries.get(&eshop_id).map(|e| e.clone()) {
-            lock(&entry.state).token = None;
-        }
-    }
-
     /// The installation was replaced or removed: drop its cached token and any cached failure.
     pub fn forget(&self, eshop_id: u64) {
-        self.entries.remove(&eshop_id);
+        if let Some(eshop) = self.eshops.existing(eshop_id) {
+            let mut st = lock(&eshop.token.state);
+            *st = State {
+                incarnation: st.incarnation.wrapping_add(1),
+                ..State::default()
+            };
+        }
     }
 }

@@ -265,6 +265,9 @@ macro_rules! dispatch {
     };
 }
 
+/// E-shop ids per status query (SQLite allows 32,766 parameters per statement).
+const STATUS_BATCH: usize = 1000;
+
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
@@ -367,6 +370,29 @@ impl Store {
             return Ok(false);
         };
         dispatch!(self, b => b.remove(id).await)
+    }
+
+    /// The status of each of `eshop_ids` that is installed; ids missing from the answer are
+    /// unknown (removed). Reads no secret, so a replica can ask about thousands cheaply.
+    pub async fn statuses(
+        &self,
+        eshop_ids: &[u64],
+    ) -> Result<std::collections::HashMap<u64, Status>, StoreError> {
+        let mut out = std::collections::HashMap::with_capacity(eshop_ids.len());
+        let ids: Vec<i64> = eshop_ids
+            .iter()
+            .filter_map(|&id| i64::try_from(id).ok())
+            .collect();
+        // Bounded batches keep each query well under SQLite's parameter limit.
+        for batch in ids.chunks(STATUS_BATCH) {
+            let rows = dispatch!(self, b => b.statuses(batch.to_vec()).await)?;
+            for (id, status) in rows {
+                let status = Status::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?;
+                out.insert(id as u64, status);
+            }
+        }
+        Ok(out)
     }
 
     /// Installations per status, every status listed (zero included), in [`Status::ALL`] order.

@@ -205,6 +205,18 @@ impl PgStore {
             .collect()
     }
 
+    pub(crate) async fn statuses(&self, ids: Vec<i64>) -> Result<Vec<(i64, String)>, StoreError> {
+        let c = self.pool.get().await?;
+        let stmt = c
+            .prepare_cached("SELECT eshop_id, status FROM installations WHERE eshop_id = ANY($1)")
+            .await?;
+        c.query(&stmt, &[&ids])
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     pub(crate) async fn lock_token(&self, id: i64) -> Result<PgTokenLock, StoreError> {
         let lock = PgTokenLock {
             client: Some(self.pool.get().await?),

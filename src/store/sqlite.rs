@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::migrations;
@@ -22,8 +21,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    token_locks: Arc<DashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Refresh locks, striped by e-shop id: bounded memory however many e-shops there are. Two
+    /// e-shops on one stripe only serialise their (rare, brief) refreshes.
+    token_locks: Arc<[Arc<tokio::sync::Mutex<()>>]>,
 }
+
+/// Stripes of the refresh lock; a power of two well above the refreshes that run at once.
+const TOKEN_LOCK_STRIPES: usize = 256;
 
 const INSTALLATION_COLUMNS: &str = "eshop_url, contact_email, oauth_token, status, installed_at, \
      updated_at, access_token, access_token_expires_at, signature_key";
@@ -35,7 +39,7 @@ impl SqliteStore {
             .map_err(|_| StoreError::Task)??;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
-            token_locks: Arc::new(DashMap::new()),
+            token_locks: (0..TOKEN_LOCK_STRIPES).map(|_| Arc::default()).collect(),
         })
     }
 
@@ -221,11 +225,24 @@ impl SqliteStore {
         .await
     }
 
-    /// The in-process refresh lock of one e-shop. Entries stay in the map (one small mutex per
-    /// e-shop ever refreshed) so two holders always share the same mutex.
+    pub(crate) async fn statuses(&self, ids: Vec<i64>) -> Result<Vec<(i64, String)>, StoreError> {
+        self.run(move |c| {
+            let marks = vec!["?"; ids.len()].join(",");
+            c.prepare(&format!(
+                "SELECT eshop_id, status FROM installations WHERE eshop_id IN ({marks})"
+            ))?
+            .query_map(rusqlite::params_from_iter(ids.iter()), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// The in-process refresh lock of one e-shop: the same stripe for every holder of that id.
     pub(crate) async fn lock_token(&self, eshop_id: u64) -> tokio::sync::OwnedMutexGuard<()> {
-        let mutex = self.token_locks.entry(eshop_id).or_default().clone();
-        mutex.lock_owned().await
+        let stripe = (eshop_id % TOKEN_LOCK_STRIPES as u64) as usize;
+        self.token_locks[stripe].clone().lock_owned().await
     }
 
     pub(crate) async fn outbox_push(

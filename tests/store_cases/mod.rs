@@ -49,6 +49,7 @@ macro_rules! store_tests {
             upsert_then_get_returns_the_installation,
             reinstall_replaces_oauth_token_and_clears_access_token,
             status_changes_and_unknown_eshop_reports_false,
+            statuses_are_read_in_batches_and_omit_unknown_eshops,
             access_token_is_saved_and_loaded,
             signature_key_is_saved_and_loaded,
             list_is_ordered_and_counts_cover_every_status,
@@ -168,6 +169,28 @@ pub async fn status_changes_and_unknown_eshop_reports_false(b: &Backend) {
     assert!(!store.set_status(4, Status::Suspended).await.unwrap());
     assert!(!store.set_status(u64::MAX, Status::Suspended).await.unwrap());
     assert!(store.get(4).await.unwrap().is_none());
+}
+
+pub async fn statuses_are_read_in_batches_and_omit_unknown_eshops(b: &Backend) {
+    let store = b.open().await;
+    // More than one batch (1,000 ids per query), every third e-shop suspended.
+    for id in 1..=1500u64 {
+        store
+            .upsert_installation(&new_install(id, "o"), None)
+            .await
+            .unwrap();
+        if id % 3 == 0 {
+            store.set_status(id, Status::Suspended).await.unwrap();
+        }
+    }
+    let mut asked: Vec<u64> = (1..=1500).collect();
+    asked.extend([1501, u64::MAX]);
+    let statuses = store.statuses(&asked).await.unwrap();
+    assert_eq!(statuses.len(), 1500, "unknown ids are left out");
+    assert_eq!(statuses[&1499], Status::Active);
+    assert_eq!(statuses[&1500], Status::Suspended);
+    assert!(!statuses.contains_key(&1501));
+    assert!(store.statuses(&[]).await.unwrap().is_empty());
 }
 
 pub async fn access_token_is_saved_and_loaded(b: &Backend) {
