@@ -197,7 +197,9 @@ impl TokenCache {
                 return Err(e);
             }
         }
-        self.fetch(eshop, self.min_left(), None).await
+        // Boxed: the fetch's state machine (store and OAuth calls) is kilobytes, and inline it
+        // would make every request's future that large, copied whole each time it moves.
+        Box::pin(self.fetch(eshop, self.min_left(), None)).await
     }
 
     /// Shoptet rejected `rejected` with `expired-token`/`invalid-token`: get a token to replay
@@ -218,7 +220,7 @@ impl TokenCache {
                 return Ok(t);
             }
         }
-        self.fetch(eshop, self.min_left(), Some(rejected)).await
+        Box::pin(self.fetch(eshop, self.min_left(), Some(rejected))).await
     }
 
     /// Re-reads, every `STATUS_RECHECK`, the installation status of the e-shops used since the
