@@ -1,6 +1,7 @@
 //! What each subcommand does (SPEC B6), given a parsed command line. `main.rs` only parses and
 //! exits with the status returned here: 0 success, 1 runtime failure, 2 invalid configuration.
 
+use crate::admin::{self, SignatureKey};
 use crate::app::{self, StartError};
 use crate::cli::{self, Cli, Command, EshopsCommand, StoreCommand};
 use crate::config::Config;
@@ -107,7 +108,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
             store_command(&cfg, |store| async move {
                 let n = store.rekey().await?;
                 println!("re-encrypted {n} values under the current key");
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             })
         }
         Command::Eshops(cmd) => {
@@ -122,7 +123,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                         } else {
                             print!("{}", store::render_list_table(&list));
                         }
-                        Ok(())
+                        Ok(ExitCode::SUCCESS)
                     })
                 }
                 EshopsCommand::Import {
@@ -151,10 +152,25 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                         contact_email: contact_email.clone(),
                         oauth_token: token,
                     };
+                    let shoptet = cfg.clone();
                     store_command(&cfg, |store| async move {
-                        store.upsert_installation(&new, None).await?;
+                        // The same import as `PUT /admin/eshops/{id}`: a fresh webhook signature
+                        // key, obtained with a token that then stays the e-shop's current one.
+                        let core = match app::core(&shoptet, store.clone()) {
+                            Ok(core) => core,
+                            Err(e) => return Ok(start_failed(&e)),
+                        };
+                        let key = admin::import_installation(&store, &core.proxy, &new).await?;
                         println!("imported e-shop {} (active)", new.eshop_id);
-                        Ok(())
+                        match key {
+                            SignatureKey::Renewed => println!("webhook signature key: renewed"),
+                            SignatureKey::Failed(e) => println!(
+                                "webhook signature key: not obtained ({}: {e}); webhooks for this \
+                                 e-shop are rejected until it is imported or installed again",
+                                e.code()
+                            ),
+                        }
+                        Ok(ExitCode::SUCCESS)
                     })
                 }
                 EshopsCommand::Remove { id } => {
@@ -165,7 +181,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                         } else {
                             println!("e-shop {id} is not in the store; nothing removed");
                         }
-                        Ok(())
+                        Ok(ExitCode::SUCCESS)
                     })
                 }
             }
@@ -177,7 +193,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
 fn store_command<F, Fut>(cfg: &Config, f: F) -> Result<ExitCode, ExitCode>
 where
     F: FnOnce(store::Store) -> Fut,
-    Fut: std::future::Future<Output = Result<(), store::StoreError>>,
+    Fut: std::future::Future<Output = Result<ExitCode, store::StoreError>>,
 {
     let rt = runtime()?;
     rt.block_on(async {
@@ -185,7 +201,6 @@ where
         f(store).await.map_err(|e| {
             eprintln!("shoptet-proxy: {e}");
             ExitCode::FAILURE
-        })?;
-        Ok(ExitCode::SUCCESS)
+        })
     })
 }

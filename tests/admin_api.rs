@@ -328,6 +328,54 @@ async fn eshops_commands_work_on_the_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_import_obtains_a_signature_key_like_the_admin_import() {
+    let mut h = Harness::new().await;
+    let p = h.start().await;
+    let token = h.sim.create_eshop(9).oauth_token;
+    std::fs::write(h.path("oauth-token"), &token).unwrap();
+    let token_file = h.path("oauth-token").display().to_string();
+    let out = run(
+        &h,
+        &["eshops", "import", "9", "--oauth-token-file", &token_file],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(printed.contains("signature key: renewed"), "{printed}");
+    assert!(!printed.contains(&token), "{printed}");
+
+    let store = h.store().await;
+    let inst = store.get(9).await.unwrap().expect("imported");
+    assert!(
+        inst.signature_key.is_some(),
+        "a fresh signature key is stored"
+    );
+    let sim_view = h
+        .http
+        .get(&format!("{}/sim/eshops/9", h.sim.base_url()), &[])
+        .await
+        .json();
+    assert_eq!(sim_view["hasSignatureKey"], true, "{sim_view}");
+    // The token minted for the key is the e-shop's current token: the first call mints nothing.
+    assert_eq!(h.minted(9), 1);
+    assert_eq!(p.api_get(&h.http, 9).await.status, 200);
+    assert_eq!(h.minted(9), 1);
+    assert_eq!(store.outbox_depth().await.unwrap(), 0, "no installed event");
+
+    // Shoptet's next signed webhook verifies with that key and reaches the addon.
+    h.sim
+        .set_config(|c| c.addon_webhook_url = Some(p.public_url("/webhooks")));
+    let r = h.sim_post("/sim/eshops/9/approve", Value::Null).await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let hook: Value = serde_json::from_slice(&h.hooks.next().await.body).unwrap();
+    assert_eq!(hook["event"], "addon:approve");
+    assert_eq!(hook["eshopId"], 9);
+
+    // The first event the addon sees is a real installation's.
+    h.install(&p, 7).await;
+    let event: Value = serde_json::from_slice(&h.events.next().await.body).unwrap();
+    assert_eq!(event["eshopId"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_rekey_lets_the_new_key_alone_read_everything() {
     let h = Harness::new().await;
     let p = h.start().await;
