@@ -5,13 +5,14 @@ use crate::admin::{self, SignatureKey};
 use crate::app::{self, StartError};
 use crate::cli::{self, Cli, Command, EshopsCommand, StoreCommand};
 use crate::config::Config;
+use crate::logging;
 use crate::secret::Secret;
 use crate::store::{self, NewInstallation};
 use std::process::ExitCode;
 
 fn config_or_exit(cli: &Cli) -> Result<Config, ExitCode> {
     Config::load(cli.config.as_deref()).map_err(|e| {
-        eprintln!("shoptet-proxy: {e}");
+        logging::fatal(e);
         ExitCode::from(2)
     })
 }
@@ -29,13 +30,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         b
     };
     builder.enable_all().build().map_err(|e| {
-        eprintln!("shoptet-proxy: cannot start the async runtime: {e}");
+        logging::fatal(format_args!("cannot start the async runtime: {e}"));
         ExitCode::FAILURE
     })
 }
 
 fn start_failed(e: &StartError) -> ExitCode {
-    eprintln!("shoptet-proxy: {e}");
+    logging::fatal(e);
     match e {
         StartError::Invalid { .. } | StartError::Tls(_) => ExitCode::from(2),
         _ => ExitCode::FAILURE,
@@ -56,7 +57,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("shoptet-proxy: {e}");
+                logging::fatal(e);
                 ExitCode::from(2)
             }
         }),
@@ -71,7 +72,12 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
             }
         }),
         Command::Serve => {
-            let cfg = config_or_exit(&cli)?;
+            // A service's log reader expects every line in the configured format, so even an
+            // invalid configuration is reported in the format it asks for.
+            let cfg = Config::load(cli.config.as_deref()).map_err(|e| {
+                logging::fatal_as(Config::requested_log_format(cli.config.as_deref()), e);
+                ExitCode::from(2)
+            })?;
             crate::logging::init(&cfg.log);
             let result = runtime()?.block_on(app::serve(cfg, cli.config.as_deref()));
             Ok(result.map_or_else(|e| start_failed(&e), |()| ExitCode::SUCCESS))
@@ -83,7 +89,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(crate::demo::DemoError::Start(e)) => start_failed(&e),
                 Err(e) => {
-                    eprintln!("shoptet-proxy: {e}");
+                    logging::fatal(e);
                     ExitCode::FAILURE
                 }
             })
@@ -97,7 +103,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 match runtime()?.block_on(crate::sim::run_cli(args.clone())) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        eprintln!("shoptet-proxy: {e}");
+                        logging::fatal(e);
                         ExitCode::FAILURE
                     }
                 },
@@ -199,7 +205,7 @@ where
     rt.block_on(async {
         let store = app::open_store(cfg).await.map_err(|e| start_failed(&e))?;
         f(store).await.map_err(|e| {
-            eprintln!("shoptet-proxy: {e}");
+            logging::fatal(e);
             ExitCode::FAILURE
         })
     })

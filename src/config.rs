@@ -152,25 +152,19 @@ pub struct Log {
 impl Config {
     /// Loads from `path` (or `./config.toml`, which may be absent) and the process environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
-        Config::load_from(path, &env)
+        Config::load_from(path, &process_env())
     }
 
     /// Like [`Config::load`], with the environment given explicitly (for tests). `env` is the
     /// whole environment: `SHOPTET_PROXY_*` overrides and `CREDENTIALS_DIRECTORY` are taken from it.
     pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut figment = Figment::new();
         let file = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
-        if file.exists() {
-            figment = figment.merge(Toml::file_exact(file));
-        } else if path.is_some() {
+        if !file.exists() && path.is_some() {
             return Err(ConfigError::FileMissing {
                 path: file.to_path_buf(),
             });
         }
-        let figment = figment.merge(EnvOverrides::from_env(env));
+        let figment = layers(file, env);
         let raw: RawConfig = figment.extract().map_err(describe_figment_error)?;
         let credentials_dir = env
             .iter()
@@ -181,6 +175,18 @@ impl Config {
             credentials_dir,
         }
         .validate(raw)
+    }
+
+    /// The `log.format` the file and environment ask for, read on its own: when the
+    /// configuration as a whole is invalid, `serve` still reports that in the chosen format.
+    /// Anything unreadable counts as text.
+    pub fn requested_log_format(path: Option<&Path>) -> LogFormat {
+        let env = process_env();
+        let figment = layers(path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH)), &env);
+        match figment.extract_inner::<String>("log.format").as_deref() {
+            Ok("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        }
     }
 
     /// The effective configuration as TOML, with every secret value replaced by `<redacted>`.
@@ -479,6 +485,23 @@ fn text_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     }
 
     d.deserialize_any(ListVisitor)
+}
+
+/// The process environment as UTF-8 pairs (other variables cannot be configuration).
+fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// The file (when it exists) under the `SHOPTET_PROXY_*` variables of `env`; defaults come from
+/// the raw types.
+fn layers(file: &Path, env: &[(String, String)]) -> Figment {
+    let mut figment = Figment::new();
+    if file.exists() {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment.merge(EnvOverrides::from_env(env))
 }
 
 // ---------------------------------------------------------------------------------------------
