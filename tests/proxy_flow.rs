@@ -226,6 +226,78 @@ async fn slow_upstream_head_is_504_upstream_timeout() {
     assert_eq!(r.status, 200, "the slot was released: {}", r.text());
 }
 
+/// An API that sends its answer head and first body chunk at once, and the rest only when
+/// `rest` fires.
+async fn api_with_a_held_body_tail(rest: tokio::sync::oneshot::Receiver<()>) -> url::Url {
+    use futures_util::StreamExt as _;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let rest = Arc::new(std::sync::Mutex::new(Some(rest)));
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let svc = hyper::service::service_fn(move |_req| {
+            let rest = rest.lock().expect("lock").take();
+            async move {
+                let tail = async move {
+                    if let Some(rest) = rest {
+                        let _ = rest.await;
+                    }
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"tail")))
+                };
+                let head = futures_util::stream::once(async {
+                    Ok(Frame::data(Bytes::from_static(b"head-")))
+                });
+                let body = StreamBody::new(head.chain(futures_util::stream::once(tail)));
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await;
+    });
+    url.parse().expect("url")
+}
+
+#[tokio::test]
+async fn upstream_timeout_bounds_the_head_only_and_a_slow_body_streams_past_it() {
+    use futures_util::StreamExt as _;
+    use http_body_util::BodyExt as _;
+    let timeout = Duration::from_millis(200);
+    let (release, rest) = tokio::sync::oneshot::channel();
+    let api = api_with_a_held_body_tail(rest).await;
+    let h = Harness::with(sim_config(), |c| {
+        c.shoptet.api_url = api;
+        c.proxy.upstream_timeout = timeout;
+    })
+    .await;
+    h.install(ESHOP).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let req = http::Request::get(h.url("/api/eshop"))
+        .header("x-shoptet-eshop-id", ESHOP.to_string())
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let resp = client.request(req).await.expect("answer head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    let first = body.next().await.expect("a first chunk").expect("data");
+    assert_eq!(&first[..], b"head-", "streamed before the tail exists");
+    // The tail comes well after upstream_timeout has run out, and still arrives.
+    tokio::time::sleep(timeout * 3).await;
+    release.send(()).expect("the API waits for the tail");
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+        rest.extend_from_slice(&chunk.expect("body streams to the end"));
+    }
+    assert_eq!(rest, b"tail");
+}
+
 #[tokio::test]
 async fn get_concurrency_429_without_retry_after_is_retried_a_bounded_number_of_times() {
     let mut s = sim_config();

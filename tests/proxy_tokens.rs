@@ -8,10 +8,15 @@ use bytes::Bytes;
 use common::{assert_proxy_error, sim_config, Harness, ESHOP};
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use serde_json::json;
+use shoptet_proxy::secret::Secret;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse};
+use shoptet_proxy::store::AccessToken;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Simulator without the leaky bucket or per-token/IP concurrency limits: these tests are about
 /// tokens, and pacing or 429s would only slow them down.
@@ -385,4 +390,99 @@ async fn status_changes_made_elsewhere_reach_a_running_proxy() {
     assert_proxy_error(&r, 403, "proxy-eshop-not-installed");
     // Suspension and approval were learned from the store, not by asking Shoptet.
     assert_eq!(h.minted(ESHOP), 1);
+}
+
+/// How the stand-in OAuth server fails getAccessToken.
+#[derive(Clone, Copy, Debug)]
+enum OAuthFailure {
+    ServerError,
+    Garbage,
+    Silent,
+}
+
+/// An OAuth server that fails every call as `how` says; returns its base URL and a count of the
+/// calls it received.
+async fn failing_oauth_server(how: OAuthFailure) -> (url::Url, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let (status, body) = match how {
+                        OAuthFailure::ServerError => (500, "<html>Internal Server Error</html>"),
+                        OAuthFailure::Garbage => (200, "not JSON at all"),
+                        OAuthFailure::Silent => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            (200, "{}")
+                        }
+                    };
+                    let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *r.status_mut() = StatusCode::from_u16(status).expect("status");
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    (url.parse().expect("url"), calls)
+}
+
+#[tokio::test]
+async fn failed_refresh_after_a_401_is_503_token_unavailable_with_retry_after() {
+    for how in [
+        OAuthFailure::ServerError,
+        OAuthFailure::Garbage,
+        OAuthFailure::Silent,
+    ] {
+        let (oauth, calls) = failing_oauth_server(how).await;
+        let h = Harness::with(unlimited(), |c| {
+            c.shoptet.partner_url = oauth;
+            c.proxy.upstream_timeout = Duration::from_millis(300);
+        })
+        .await;
+        let inst = h.install(ESHOP).await;
+        // A token stored by an earlier run: the first call needs no getAccessToken.
+        let token = h
+            .client
+            .api_token(&h.sim.base_url(), &inst.oauth_token)
+            .await;
+        h.store
+            .save_access_token(
+                ESHOP,
+                &AccessToken {
+                    token: Secret::new(token),
+                    expires_at: SystemTime::now() + Duration::from_secs(1800),
+                },
+            )
+            .await
+            .expect("save token");
+        assert_eq!(h.get(ESHOP, "/api/eshop").await.status, 200, "{how:?}");
+        h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
+            .await;
+        for _ in 0..2 {
+            let r = h.get(ESHOP, "/api/eshop").await;
+            assert_proxy_error(&r, 503, "proxy-token-unavailable");
+            let wait: u64 = r
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{how:?}: Retry-After in seconds: {:?}", r.headers));
+            assert!(wait >= 1, "{how:?}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{how:?}: one refresh, then the cached failure"
+        );
+        h.stop().await;
+    }
 }
