@@ -73,11 +73,33 @@ async fn eshop_list_has_exactly_the_documented_fields_and_no_secret() {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| panic!("{field} {t} is not RFC 3339"));
     }
-    let inst = h.store().await.get(ESHOP).await.unwrap().expect("stored");
+    let store = h.store().await;
+    let inst = store.get(ESHOP).await.unwrap().expect("stored");
     let text = r.text();
     assert!(!text.contains(inst.oauth_token.expose()));
     assert!(!text.contains(inst.signature_key.expect("key").expose()));
     assert!(!text.contains(inst.access_token.expect("token").token.expose()));
+
+    // An installation without an API token yet: its expiry is null.
+    store
+        .upsert_installation(
+            &shoptet_proxy::store::NewInstallation {
+                eshop_id: 5,
+                eshop_url: None,
+                contact_email: None,
+                oauth_token: shoptet_proxy::secret::Secret::new("not-used".to_owned()),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let list = h.http.get(&p.admin_url("/admin/eshops"), &[]).await.json();
+    let five = list["eshops"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["eshopId"] == 5))
+        .expect("listed");
+    assert!(five["tokenExpiresAt"].is_null(), "{five}");
+    assert!(five["installedAt"].is_string(), "{five}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,3 +273,25 @@ fn every_documented_command_exists() {
         );
     }
 }
+
+#[test]
+fn serve_refuses_to_start_without_a_store_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    for (store, names) in [
+        (
+            "[store]\nurl = \"sqlite://proxy.db\"\nkey_file = \"\"\n",
+            "store.key_file",
+        ),
+        ("[store]\nurl = \"sqlite://proxy.db\"\n", "store.key"),
+    ] {
+        std::fs::write(dir.path().join("c.toml"), format!("{listen}{store}")).unwrap();
+        let out = run(dir.path(), &["serve", "--config", "c.toml"]);
+        assert!(!out.status.success(), "{store}");
+        assert!(stderr(&out).contains(names), "{store}: {}", stderr(&out));
+        assert!(
+            !dir.path().join("proxy.db").exists(),
+            "no store without a key"
+        );
+    }
+}

@@ -226,6 +226,45 @@ async fn slow_upstream_head_is_504_upstream_timeout() {
     assert_eq!(r.status, 200, "the slot was released: {}", r.text());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_in_flight_caps_upstream_requests_over_all_eshops() {
+    // Shoptet's per-IP limit set to 2: a third request in flight from the proxy would be a 429.
+    let mut s = sim_config();
+    s.bucket = false;
+    s.per_ip_concurrency = 2;
+    let h = Arc::new(Harness::with(s, |c| c.proxy.max_in_flight = 2).await);
+    let eshops = [ESHOP, ESHOP + 1, ESHOP + 2];
+    for id in eshops {
+        h.install(id).await;
+    }
+    let results = join_all(eshops.iter().flat_map(|&id| {
+        (0..2).map(move |_| id).map(|id| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call(
+                    Method::GET,
+                    id,
+                    "/api/eshop",
+                    &[("x-sim-delay-ms", "200")],
+                    Bytes::new(),
+                )
+                .await
+                .status
+            })
+        })
+    }))
+    .await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(StatusCode::OK))),
+        "{results:?}"
+    );
+    assert_eq!(
+        h.stats().status429,
+        0,
+        "never more than 2 in flight upstream"
+    );
+}
+
 /// An API that sends its answer head and first body chunk at once, and the rest only when
 /// `rest` fires.
 async fn api_with_a_held_body_tail(rest: tokio::sync::oneshot::Receiver<()>) -> url::Url {

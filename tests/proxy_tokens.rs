@@ -486,3 +486,66 @@ async fn failed_refresh_after_a_401_is_503_token_unavailable_with_retry_after() 
         h.stop().await;
     }
 }
+
+#[tokio::test]
+async fn uninstalled_eshop_is_403_not_installed() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/uninstall"))
+        .await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-eshop-not-installed");
+    assert_eq!(h.stats().calls.api, 0, "nothing reached the API");
+}
+
+/// An API that rejects every token with Shoptet's `invalid-token` 401; counts its requests.
+async fn api_rejecting_every_token() -> (url::Url, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let body = json!({"data": null, "errors": [{"errorCode": "invalid-token",
+                        "message": "Invalid access token.", "instance": "api-test"}]});
+                    let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())));
+                    *r.status_mut() = StatusCode::UNAUTHORIZED;
+                    r.headers_mut().insert(
+                        "x-request-id",
+                        http::HeaderValue::from_static("rejected-twice"),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    (url.parse().expect("url"), calls)
+}
+
+#[tokio::test]
+async fn a_second_401_goes_back_to_the_client_as_is() {
+    let (api, calls) = api_rejecting_every_token().await;
+    let h = Harness::with(unlimited(), |c| c.shoptet.api_url = api).await;
+    h.install(ESHOP).await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("invalid-token"));
+    assert_eq!(
+        r.json()["errors"][0]["instance"],
+        "api-test",
+        "Shoptet's body"
+    );
+    assert_eq!(r.header("x-request-id"), Some("rejected-twice"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "sent, then replayed once");
+    assert_eq!(h.minted(ESHOP), 2, "one token, one refresh");
+}
