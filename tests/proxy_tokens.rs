@@ -14,7 +14,6 @@ use serde_json::json;
 use shoptet_proxy::secret::Secret;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse};
 use shoptet_proxy::store::AccessToken;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -392,6 +391,26 @@ async fn status_changes_made_elsewhere_reach_a_running_proxy() {
     assert_eq!(h.minted(ESHOP), 1);
 }
 
+/// When each request reached a stand-in server.
+#[derive(Clone, Default)]
+struct Calls(Arc<std::sync::Mutex<Vec<Instant>>>);
+
+impl Calls {
+    fn record(&self) {
+        self.0.lock().expect("calls").push(Instant::now());
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().expect("calls").len()
+    }
+
+    /// The time between consecutive calls.
+    fn gaps(&self) -> Vec<Duration> {
+        let at = self.0.lock().expect("calls");
+        at.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
 /// How the stand-in OAuth server fails getAccessToken.
 #[derive(Clone, Copy, Debug)]
 enum OAuthFailure {
@@ -400,20 +419,20 @@ enum OAuthFailure {
     Silent,
 }
 
-/// An OAuth server that fails every call as `how` says; returns its base URL and a count of the
-/// calls it received.
-async fn failing_oauth_server(how: OAuthFailure) -> (url::Url, Arc<AtomicUsize>) {
+/// An OAuth server that fails every call as `how` says; returns its base URL and when each call
+/// arrived.
+async fn failing_oauth_server(how: OAuthFailure) -> (url::Url, Calls) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Calls::default();
     let counted = calls.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let counted = counted.clone();
             let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
-                counted.fetch_add(1, Ordering::SeqCst);
+                counted.record();
                 async move {
                     let (status, body) = match how {
                         OAuthFailure::ServerError => (500, "<html>Internal Server Error</html>"),
@@ -479,7 +498,7 @@ async fn failed_refresh_after_a_401_is_503_token_unavailable_with_retry_after() 
             assert!(wait >= 1, "{how:?}");
         }
         assert_eq!(
-            calls.load(Ordering::SeqCst),
+            calls.count(),
             1,
             "{how:?}: one refresh, then the cached failure"
         );
@@ -499,18 +518,18 @@ async fn uninstalled_eshop_is_403_not_installed() {
 }
 
 /// An API that rejects every token with Shoptet's `invalid-token` 401; counts its requests.
-async fn api_rejecting_every_token() -> (url::Url, Arc<AtomicUsize>) {
+async fn api_rejecting_every_token() -> (url::Url, Calls) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Calls::default();
     let counted = calls.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let counted = counted.clone();
             let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
-                counted.fetch_add(1, Ordering::SeqCst);
+                counted.record();
                 async move {
                     let body = json!({"data": null, "errors": [{"errorCode": "invalid-token",
                         "message": "Invalid access token.", "instance": "api-test"}]});
@@ -546,6 +565,36 @@ async fn a_second_401_goes_back_to_the_client_as_is() {
         "Shoptet's body"
     );
     assert_eq!(r.header("x-request-id"), Some("rejected-twice"));
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "sent, then replayed once");
+    assert_eq!(calls.count(), 2, "sent, then replayed once");
     assert_eq!(h.minted(ESHOP), 2, "one token, one refresh");
+}
+
+#[tokio::test]
+async fn token_fetch_failures_back_off_from_half_a_second_doubling_up_to_the_cap() {
+    let (oauth, calls) = failing_oauth_server(OAuthFailure::ServerError).await;
+    let h = Harness::with(unlimited(), |c| {
+        c.shoptet.partner_url = oauth;
+        c.proxy.token_backoff_max = Duration::from_millis(1500);
+    })
+    .await;
+    h.install(ESHOP).await;
+    // Requests keep coming; only those after a backoff ran out reach the OAuth server.
+    let mut retry_after = Vec::new();
+    while calls.count() < 4 {
+        let before = calls.count();
+        let r = h.get(ESHOP, "/api/eshop").await;
+        assert_proxy_error(&r, 503, "proxy-token-unavailable");
+        if calls.count() > before {
+            retry_after.push(r.header("retry-after").unwrap_or_default().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 0.5 s, 1 s, then 1.5 s (the cap instead of 2 s), each rounded up to whole seconds.
+    assert_eq!(retry_after, ["1", "1", "2", "2"]);
+    let gaps = calls.gaps();
+    for (gap, (min, max)) in gaps.iter().zip([(500, 900), (1000, 1400), (1500, 1900)]) {
+        let ms = gap.as_millis();
+        assert!((min..max).contains(&ms), "gaps {gaps:?}");
+    }
+    assert_eq!(h.stats().calls.api, 0);
 }
