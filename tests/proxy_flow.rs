@@ -129,10 +129,19 @@ async fn queue_timeout_is_504() {
 /// A simulator whose bucket fills after 3 requests and drains one drop a second, with a proxy
 /// that does not pace, so Shoptet's 429 is what the proxy meets.
 async fn small_bucket() -> Harness {
+    small_bucket_with(|_| {}).await
+}
+
+/// [`small_bucket`] with the proxy configuration changed by `tweak` as well.
+async fn small_bucket_with(tweak: impl FnOnce(&mut shoptet_proxy::config::Config)) -> Harness {
     let mut s = sim_config();
     s.bucket_capacity = 3;
     s.bucket_drain_per_sec = 1;
-    let h = Harness::with(s, |c| c.proxy.bucket_pacing = false).await;
+    let h = Harness::with(s, |c| {
+        c.proxy.bucket_pacing = false;
+        tweak(c);
+    })
+    .await;
     h.install(ESHOP).await;
     for _ in 0..3 {
         let r = h.get(ESHOP, "/api/eshop").await;
@@ -154,6 +163,22 @@ async fn get_after_bucket_429_with_http_date_is_retried() {
         .collect();
     assert_eq!(orders.first(), Some(&Some(429)), "{orders:?}");
     assert_eq!(orders.last(), Some(&Some(200)), "{orders:?}");
+}
+
+#[tokio::test]
+async fn get_429_asking_for_more_than_max_retry_wait_comes_back_with_its_retry_after() {
+    let h = small_bucket_with(|c| c.proxy.max_retry_wait = Duration::ZERO).await;
+    let r = h.get(ESHOP, "/api/orders").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let ra = r.header("retry-after").expect("Retry-After passed back");
+    assert!(httpdate::parse_http_date(ra).is_ok(), "{ra}");
+    let tries = h
+        .sim_requests(Some(ESHOP))
+        .await
+        .iter()
+        .filter(|r| r["path"] == "/api/orders")
+        .count();
+    assert_eq!(tries, 1, "not retried");
 }
 
 #[tokio::test]
