@@ -698,7 +698,7 @@ impl Validator<'_> {
             client_id: raw.client_id,
             client_secret,
             redirect_uri: raw.redirect_uri,
-            ca_file: non_empty(&raw.ca_file).map(PathBuf::from),
+            ca_file: non_empty(&raw.ca_file).map(|p| self.secret_path(p)),
             connect_timeout: self
                 .positive_duration("shoptet.connect_timeout", &raw.connect_timeout)?,
         })
@@ -933,8 +933,9 @@ impl Validator<'_> {
 
     // --- secret files --------------------------------------------------------------------------
 
-    /// Relative names of secret files live in systemd's `$CREDENTIALS_DIRECTORY` when it is set
-    /// (`LoadCredential=`), else in the working directory.
+    /// Relative names in `*_file` keys live in systemd's `$CREDENTIALS_DIRECTORY` when it is set
+    /// (`LoadCredential=`), else in the working directory. One rule for every such key, the CA
+    /// file included, so a unit can hand any of them over the same way.
     fn secret_path(&self, value: &str) -> PathBuf {
         let path = Path::new(value);
         match &self.credentials_dir {
@@ -1380,6 +1381,7 @@ mod tests {
             r#"
             [shoptet]
             client_secret_file = "client-secret"
+            ca_file = "ca.pem"
             [admin]
             token_file = "admin-token"
             [proxy]
@@ -1398,6 +1400,7 @@ mod tests {
             Some("admin-tok")
         );
         assert_eq!(c.admin.token_file, Some(creds.path().join("admin-token")));
+        assert_eq!(c.shoptet.ca_file, Some(creds.path().join("ca.pem")));
         let keys: Vec<&str> = c.proxy.client_keys.iter().map(Secret::expose).collect();
         assert_eq!(keys, ["key-one", "key-two"]);
         assert_eq!(c.store.key_file, Some(creds.path().join("store.key")));
