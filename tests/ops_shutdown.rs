@@ -144,6 +144,67 @@ async fn requests_in_flight_at_sigterm_all_complete_and_the_exit_is_clean() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_outlasting_shutdown_timeout_is_cut_and_the_exit_is_still_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = Secrets::generate();
+    let sim = Simulator::start(
+        ops_support::sim_config(&secrets),
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("simulator");
+    let inst = sim.create_eshop(ESHOP);
+    let addon = WebhookReceiver::start().await;
+    let config = ops_support::write_config(
+        dir.path(),
+        &sim.base_url(),
+        &addon.url(""),
+        &secrets,
+        "500ms",
+    );
+    install(dir.path(), inst.oauth_token.clone()).await;
+    let served = Served::start(&config, "info");
+    let http = TestClient::new();
+    let admin = format!("http://{}", served.admin);
+    let request = {
+        let (http, url) = (http.clone(), format!("http://{}/api/eshop", served.proxy));
+        let auth = format!("Bearer {}", secrets.client_key);
+        tokio::spawn(async move {
+            http.try_request(
+                http::Method::GET,
+                &url,
+                &[
+                    ("proxy-authorization", &auth),
+                    ("x-shoptet-eshop-id", &ESHOP.to_string()),
+                    ("x-sim-delay-ms", "30000"),
+                ],
+                bytes::Bytes::new(),
+            )
+            .await
+        })
+    };
+    until("the request to be in flight upstream", || async {
+        let m = http.get(&format!("{admin}/metrics"), &[]).await.text();
+        gauge(&m, "shoptet_proxy_upstream_in_flight") == Some(1.0)
+    })
+    .await;
+    let signalled = Instant::now();
+    served.signal("TERM");
+    let (status, _, err) = served.finish(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}: {err:?}");
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "exited after {took:?}, not after the request"
+    );
+    let cut = request.await.expect("request task");
+    assert!(
+        cut.as_ref().map_or(true, |r| r.status != 200),
+        "the request was cut, not answered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_an_idle_proxy_with_status_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secrets = Secrets::generate();
