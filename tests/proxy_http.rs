@@ -209,6 +209,7 @@ async fn hop_by_hop_dropped_token_replaced_and_shoptet_headers_returned() {
                 ("proxy-connection", "keep-alive"),
                 ("te", "trailers"),
                 ("trailer", "x-checksum"),
+                ("upgrade", "websocket"),
                 ("shoptet-access-token", "client-sent-token"),
                 ("shoptet-private-api-token", "client-sent-private"),
                 ("x-custom", "kept"),
@@ -226,6 +227,7 @@ async fn hop_by_hop_dropped_token_replaced_and_shoptet_headers_returned() {
         "proxy-connection",
         "te",
         "trailer",
+        "upgrade",
         "shoptet-private-api-token",
         "x-shoptet-eshop-id",
     ] {
