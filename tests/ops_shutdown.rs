@@ -205,6 +205,53 @@ async fn a_request_outlasting_shutdown_timeout_is_cut_and_the_exit_is_still_zero
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_once_listening_and_stopping_at_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = Secrets::generate();
+    let sim = Simulator::start(
+        ops_support::sim_config(&secrets),
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("simulator");
+    let addon = WebhookReceiver::start().await;
+    let config =
+        ops_support::write_config(dir.path(), &sim.base_url(), &addon.url(""), &secrets, "10s");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let served = Served::start_with(
+        &config,
+        "info",
+        &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8 path"))],
+    );
+    let mut heard = Vec::new();
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    heard.push(next());
+    assert!(heard[0].lines().any(|l| l == "READY=1"), "{heard:?}");
+    // Ready means serving: the admin listener answers.
+    let ready = TestClient::new()
+        .get(&format!("http://{}/readyz", served.admin), &[])
+        .await;
+    assert_eq!(ready.status, 200);
+    served.signal("TERM");
+    while !heard
+        .last()
+        .is_some_and(|m| m.lines().any(|l| l == "STOPPING=1"))
+    {
+        heard.push(next());
+    }
+    let (status, _, err) = served.finish(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}: {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_an_idle_proxy_with_status_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secrets = Secrets::generate();
