@@ -228,7 +228,7 @@ async fn systemd_hears_ready_once_listening_and_stopping_at_sigterm() {
         &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8 path"))],
     );
     let mut heard = Vec::new();
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification within 10 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
