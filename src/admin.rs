@@ -140,18 +140,20 @@ impl Admin {
             (&Method::GET, ["metrics"]) => Ok(self.metrics().await),
             (&Method::GET, ["admin", "eshops"]) => Ok(self.list().await),
             (&Method::PUT, ["admin", "eshops", id]) => {
-                let id = parse_id(id.as_bytes())?;
                 self.authorize(&req)?;
+                let id = parse_id(id.as_bytes())?;
                 self.import(id, req.into_body()).await
             }
             (&Method::DELETE, ["admin", "eshops", id]) => {
-                let id = parse_id(id.as_bytes())?;
                 self.authorize(&req)?;
+                let id = parse_id(id.as_bytes())?;
                 Ok(self.remove(id).await)
             }
             (&Method::POST, ["admin", "eshops", id, "refresh"]) => {
-                let id = parse_id(id.as_bytes())?;
+                // Credentials first: an unauthenticated caller learns nothing, not even that
+                // its id is malformed.
                 self.authorize(&req)?;
+                let id = parse_id(id.as_bytes())?;
                 self.refresh(id).await
             }
             _ => Err(ProxyError::NotFound),

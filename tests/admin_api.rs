@@ -257,6 +257,16 @@ async fn admin_writes_need_the_admin_token() {
         }
     }
     assert_eq!(h.minted(ESHOP), 1);
+    // Credentials are checked before anything else, even a malformed id.
+    for (method, path) in [
+        ("PUT", "/admin/eshops/abc"),
+        ("DELETE", "/admin/eshops/abc"),
+    ] {
+        let r = admin(&h, &p, method, path, None, &import).await;
+        assert_eq!(r.status, 401, "{method} {path}");
+        let r = admin(&h, &p, method, path, Some(BEARER), &import).await;
+        assert_eq!(r.status, 400, "{method} {path} with the admin token");
+    }
     p.stop().await;
 
     // No admin token configured: writes are off, reads work.
