@@ -158,11 +158,11 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                         contact_email: contact_email.clone(),
                         oauth_token: token,
                     };
-                    let shoptet = cfg.clone();
+                    let shoptet = &cfg;
                     store_command(&cfg, |store| async move {
                         // The same import as `PUT /admin/eshops/{id}`: a fresh webhook signature
                         // key, obtained with a token that then stays the e-shop's current one.
-                        let core = match app::core(&shoptet, store.clone()) {
+                        let core = match app::core(shoptet, store.clone()) {
                             Ok(core) => core,
                             Err(e) => return Ok(start_failed(&e)),
                         };
