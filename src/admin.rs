@@ -7,9 +7,10 @@
 use crate::app::App;
 use crate::body::{json, local, RespBody};
 use crate::error::ProxyError;
+use crate::proxy::Proxy;
 use crate::secret::Secret;
 use crate::shoptet_api;
-use crate::store::NewInstallation;
+use crate::store::{NewInstallation, Store, StoreError};
 use crate::tag::parse_id;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -51,6 +52,55 @@ fn store_failed(e: impl std::fmt::Display) -> Response<AdminBody> {
     ProxyError::StoreUnavailable.to_response()
 }
 
+/// What an import did about the e-shop's webhook signature key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureKey {
+    /// A fresh key was obtained and stored; the old one no longer verifies.
+    Renewed,
+    /// Shoptet gave none (the error says why); API calls work, webhooks are rejected until the
+    /// next import or installation.
+    Failed(ProxyError),
+}
+
+impl SignatureKey {
+    /// `renewed` or `failed`, as the admin API and the command line report it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SignatureKey::Renewed => "renewed",
+            SignatureKey::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Imports an installation (SPEC B7), for `PUT /admin/eshops/{id}` and `eshops import` alike:
+/// stores it active with its new OAuth token (dropping any token cached under the old one), then
+/// obtains a fresh webhook signature key as installation does; the API token minted for that
+/// stays the e-shop's current token. No "installed" event is sent. Only a store failure is an
+/// error: without a key the installation still serves API calls.
+pub async fn import_installation(
+    store: &Store,
+    proxy: &Proxy,
+    new: &NewInstallation,
+) -> Result<SignatureKey, StoreError> {
+    let eshop_id = new.eshop_id;
+    store.upsert_installation(new, None).await?;
+    proxy.tokens.forget(eshop_id);
+    match shoptet_api::renew_signature_key(proxy, eshop_id).await {
+        Ok(key) => {
+            store.set_signature_key(eshop_id, &key).await?;
+            Ok(SignatureKey::Renewed)
+        }
+        Err(e) => {
+            tracing::warn!(
+                eshop_id,
+                code = e.code(),
+                "import: no webhook signature key"
+            );
+            Ok(SignatureKey::Failed(e))
+        }
+    }
+}
+
 impl Admin {
     pub fn new(app: Arc<App>) -> Admin {
         Admin { app }
@@ -90,18 +140,20 @@ impl Admin {
             (&Method::GET, ["metrics"]) => Ok(self.metrics().await),
             (&Method::GET, ["admin", "eshops"]) => Ok(self.list().await),
             (&Method::PUT, ["admin", "eshops", id]) => {
-                let id = parse_id(id.as_bytes())?;
                 self.authorize(&req)?;
+                let id = parse_id(id.as_bytes())?;
                 self.import(id, req.into_body()).await
             }
             (&Method::DELETE, ["admin", "eshops", id]) => {
-                let id = parse_id(id.as_bytes())?;
                 self.authorize(&req)?;
+                let id = parse_id(id.as_bytes())?;
                 Ok(self.remove(id).await)
             }
             (&Method::POST, ["admin", "eshops", id, "refresh"]) => {
-                let id = parse_id(id.as_bytes())?;
+                // Credentials first: an unauthenticated caller learns nothing, not even that
+                // its id is malformed.
                 self.authorize(&req)?;
+                let id = parse_id(id.as_bytes())?;
                 self.refresh(id).await
             }
             _ => Err(ProxyError::NotFound),
@@ -183,28 +235,14 @@ impl Admin {
             contact_email: import.contact_email,
             oauth_token: Secret::new(import.access_token),
         };
-        if let Err(e) = self.app.store.upsert_installation(&new, None).await {
-            return Ok(store_failed(e));
-        }
-        self.app.proxy.tokens.forget(eshop_id);
-        let key = match shoptet_api::renew_signature_key(&self.app.proxy, eshop_id).await {
-            Ok(key) => match self.app.store.set_signature_key(eshop_id, &key).await {
-                Ok(()) => "renewed",
-                Err(e) => return Ok(store_failed(e)),
-            },
-            Err(e) => {
-                tracing::warn!(
-                    eshop_id,
-                    code = e.code(),
-                    "import: no webhook signature key"
-                );
-                "failed"
-            }
+        let key = match import_installation(&self.app.store, &self.app.proxy, &new).await {
+            Ok(key) => key,
+            Err(e) => return Ok(store_failed(e)),
         };
         tracing::info!(eshop_id, "installation imported");
         Ok(json(
             StatusCode::OK,
-            &serde_json::json!({"eshopId": eshop_id, "status": "active", "webhookSignatureKey": key}),
+            &serde_json::json!({"eshopId": eshop_id, "status": "active", "webhookSignatureKey": key.label()}),
         ))
     }
 

@@ -116,17 +116,16 @@ fn host_header(url: &url::Url) -> Result<http::HeaderValue, StartError> {
     })
 }
 
-/// Builds the application on an opened store and binds its listeners.
-pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
-    start_with_limits(cfg, store, server::Limits::default()).await
+/// The parts that talk to Shoptet on behalf of every listener (and of the `eshops import`
+/// command, which needs a token and a signature key without serving anything).
+pub struct Core {
+    pub metrics: Arc<Metrics>,
+    pub oauth: Arc<OAuthClient>,
+    pub proxy: Arc<Proxy>,
 }
 
-/// [`start`] with other connection limits on every listener (tests use short timeouts).
-pub async fn start_with_limits(
-    cfg: Config,
-    store: Store,
-    limits: server::Limits,
-) -> Result<Running, StartError> {
+/// Builds the upstream client, the OAuth client, the token cache and the proxy on `store`.
+pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
     upstream::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let client = upstream::client(cfg.shoptet.ca_file.as_deref(), cfg.shoptet.connect_timeout)?;
@@ -189,6 +188,29 @@ pub async fn start_with_limits(
         flow,
         metrics: metrics.clone(),
     });
+    Ok(Core {
+        metrics,
+        oauth,
+        proxy,
+    })
+}
+
+/// Builds the application on an opened store and binds its listeners.
+pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
+    start_with_limits(cfg, store, server::Limits::default()).await
+}
+
+/// [`start`] with other connection limits on every listener (tests use short timeouts).
+pub async fn start_with_limits(
+    cfg: Config,
+    store: Store,
+    limits: server::Limits,
+) -> Result<Running, StartError> {
+    let Core {
+        metrics,
+        oauth,
+        proxy,
+    } = core(&cfg, store.clone())?;
 
     let public_tls = match (&cfg.public.tls_cert_file, &cfg.public.tls_key_file) {
         (Some(cert), Some(key)) => Some(crate::public::tls_acceptor(cert, key).map_err(

@@ -149,8 +149,8 @@ pub enum EshopsCommand {
         webhook signature key is obtained as at installation. No \"installed\" event is sent."
     )]
     Import {
-        /// The e-shop id (numeric)
-        #[arg(value_name = "ID")]
+        /// The e-shop id (a positive number)
+        #[arg(value_name = "ID", value_parser = eshop_id())]
         id: u64,
         /// File holding the e-shop's OAuth access token
         #[arg(
@@ -177,10 +177,15 @@ pub enum EshopsCommand {
         Shoptet is not told; uninstall the addon in the e-shop's administration for that."
     )]
     Remove {
-        /// The e-shop id (numeric)
-        #[arg(value_name = "ID")]
+        /// The e-shop id (a positive number)
+        #[arg(value_name = "ID", value_parser = eshop_id())]
         id: u64,
     },
+}
+
+/// E-shop ids are positive, as in the proxy's tags (`/eshops/0/...` is refused there too).
+fn eshop_id() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
 }
 
 /// Parses the process arguments; on a usage error clap prints it and exits with status 2.
@@ -259,10 +264,12 @@ mod tests {
     }
 
     #[test]
-    fn non_numeric_eshop_id_is_a_usage_error() {
-        let err = Cli::try_parse_from(["shoptet-proxy", "eshops", "remove", "abc"])
-            .expect_err("non-numeric id");
-        assert_eq!(err.exit_code(), 2);
+    fn non_numeric_or_zero_eshop_id_is_a_usage_error() {
+        for id in ["abc", "0", "-1"] {
+            let err = Cli::try_parse_from(["shoptet-proxy", "eshops", "remove", id])
+                .expect_err("not an e-shop id");
+            assert_eq!(err.exit_code(), 2, "{id}");
+        }
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! What each subcommand does (SPEC B6), given a parsed command line. `main.rs` only parses and
 //! exits with the status returned here: 0 success, 1 runtime failure, 2 invalid configuration.
 
+use crate::admin::{self, SignatureKey};
 use crate::app::{self, StartError};
 use crate::cli::{self, Cli, Command, EshopsCommand, StoreCommand};
 use crate::config::Config;
+use crate::logging;
 use crate::secret::Secret;
 use crate::store::{self, NewInstallation};
 use std::process::ExitCode;
 
 fn config_or_exit(cli: &Cli) -> Result<Config, ExitCode> {
     Config::load(cli.config.as_deref()).map_err(|e| {
-        eprintln!("shoptet-proxy: {e}");
+        logging::fatal(e);
         ExitCode::from(2)
     })
 }
@@ -37,13 +39,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .map_err(|e| {
-            eprintln!("shoptet-proxy: cannot start the async runtime: {e}");
+            logging::fatal(format_args!("cannot start the async runtime: {e}"));
             ExitCode::FAILURE
         })
 }
 
 fn start_failed(e: &StartError) -> ExitCode {
-    eprintln!("shoptet-proxy: {e}");
+    logging::fatal(e);
     match e {
         StartError::Invalid { .. } | StartError::Tls(_) => ExitCode::from(2),
         _ => ExitCode::FAILURE,
@@ -64,7 +66,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("shoptet-proxy: {e}");
+                logging::fatal(e);
                 ExitCode::from(2)
             }
         }),
@@ -79,7 +81,12 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
             }
         }),
         Command::Serve => {
-            let cfg = config_or_exit(&cli)?;
+            // A service's log reader expects every line in the configured format, so even an
+            // invalid configuration is reported in the format it asks for.
+            let cfg = Config::load(cli.config.as_deref()).map_err(|e| {
+                logging::fatal_as(Config::requested_log_format(cli.config.as_deref()), e);
+                ExitCode::from(2)
+            })?;
             crate::logging::init(&cfg.log);
             let result = runtime()?.block_on(app::serve(cfg, cli.config.as_deref()));
             Ok(result.map_or_else(|e| start_failed(&e), |()| ExitCode::SUCCESS))
@@ -91,7 +98,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(crate::demo::DemoError::Start(e)) => start_failed(&e),
                 Err(e) => {
-                    eprintln!("shoptet-proxy: {e}");
+                    logging::fatal(e);
                     ExitCode::FAILURE
                 }
             })
@@ -105,7 +112,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 match runtime()?.block_on(crate::sim::run_cli(args.clone())) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        eprintln!("shoptet-proxy: {e}");
+                        logging::fatal(e);
                         ExitCode::FAILURE
                     }
                 },
@@ -116,7 +123,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
             store_command(&cfg, |store| async move {
                 let n = store.rekey().await?;
                 println!("re-encrypted {n} values under the current key");
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             })
         }
         Command::Eshops(cmd) => {
@@ -131,7 +138,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                         } else {
                             print!("{}", store::render_list_table(&list));
                         }
-                        Ok(())
+                        Ok(ExitCode::SUCCESS)
                     })
                 }
                 EshopsCommand::Import {
@@ -160,10 +167,25 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                         contact_email: contact_email.clone(),
                         oauth_token: token,
                     };
+                    let shoptet = &cfg;
                     store_command(&cfg, |store| async move {
-                        store.upsert_installation(&new, None).await?;
+                        // The same import as `PUT /admin/eshops/{id}`: a fresh webhook signature
+                        // key, obtained with a token that then stays the e-shop's current one.
+                        let core = match app::core(shoptet, store.clone()) {
+                            Ok(core) => core,
+                            Err(e) => return Ok(start_failed(&e)),
+                        };
+                        let key = admin::import_installation(&store, &core.proxy, &new).await?;
                         println!("imported e-shop {} (active)", new.eshop_id);
-                        Ok(())
+                        match key {
+                            SignatureKey::Renewed => println!("webhook signature key: renewed"),
+                            SignatureKey::Failed(e) => println!(
+                                "webhook signature key: not obtained ({}: {e}); webhooks for this \
+                                 e-shop are rejected until it is imported or installed again",
+                                e.code()
+                            ),
+                        }
+                        Ok(ExitCode::SUCCESS)
                     })
                 }
                 EshopsCommand::Remove { id } => {
@@ -174,7 +196,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                         } else {
                             println!("e-shop {id} is not in the store; nothing removed");
                         }
-                        Ok(())
+                        Ok(ExitCode::SUCCESS)
                     })
                 }
             }
@@ -186,15 +208,14 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
 fn store_command<F, Fut>(cfg: &Config, f: F) -> Result<ExitCode, ExitCode>
 where
     F: FnOnce(store::Store) -> Fut,
-    Fut: std::future::Future<Output = Result<(), store::StoreError>>,
+    Fut: std::future::Future<Output = Result<ExitCode, store::StoreError>>,
 {
     let rt = runtime()?;
     rt.block_on(async {
         let store = app::open_store(cfg).await.map_err(|e| start_failed(&e))?;
         f(store).await.map_err(|e| {
-            eprintln!("shoptet-proxy: {e}");
+            logging::fatal(e);
             ExitCode::FAILURE
-        })?;
-        Ok(ExitCode::SUCCESS)
+        })
     })
 }

@@ -152,25 +152,19 @@ pub struct Log {
 impl Config {
     /// Loads from `path` (or `./config.toml`, which may be absent) and the process environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
-        Config::load_from(path, &env)
+        Config::load_from(path, &process_env())
     }
 
     /// Like [`Config::load`], with the environment given explicitly (for tests). `env` is the
     /// whole environment: `SHOPTET_PROXY_*` overrides and `CREDENTIALS_DIRECTORY` are taken from it.
     pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut figment = Figment::new();
         let file = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
-        if file.exists() {
-            figment = figment.merge(Toml::file_exact(file));
-        } else if path.is_some() {
+        if !file.exists() && path.is_some() {
             return Err(ConfigError::FileMissing {
                 path: file.to_path_buf(),
             });
         }
-        let figment = figment.merge(EnvOverrides::from_env(env));
+        let figment = layers(file, env);
         let raw: RawConfig = figment.extract().map_err(describe_figment_error)?;
         let credentials_dir = env
             .iter()
@@ -181,6 +175,18 @@ impl Config {
             credentials_dir,
         }
         .validate(raw)
+    }
+
+    /// The `log.format` the file and environment ask for, read on its own: when the
+    /// configuration as a whole is invalid, `serve` still reports that in the chosen format.
+    /// Anything unreadable counts as text.
+    pub fn requested_log_format(path: Option<&Path>) -> LogFormat {
+        let env = process_env();
+        let figment = layers(path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH)), &env);
+        match figment.extract_inner::<String>("log.format").as_deref() {
+            Ok("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        }
     }
 
     /// The effective configuration as TOML, with every secret value replaced by `<redacted>`.
@@ -481,6 +487,23 @@ fn text_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     d.deserialize_any(ListVisitor)
 }
 
+/// The process environment as UTF-8 pairs (other variables cannot be configuration).
+fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// The file (when it exists) under the `SHOPTET_PROXY_*` variables of `env`; defaults come from
+/// the raw types.
+fn layers(file: &Path, env: &[(String, String)]) -> Figment {
+    let mut figment = Figment::new();
+    if file.exists() {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment.merge(EnvOverrides::from_env(env))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Environment layer.
 
@@ -675,7 +698,7 @@ impl Validator<'_> {
             client_id: raw.client_id,
             client_secret,
             redirect_uri: raw.redirect_uri,
-            ca_file: non_empty(&raw.ca_file).map(PathBuf::from),
+            ca_file: non_empty(&raw.ca_file).map(|p| self.secret_path(p)),
             connect_timeout: self
                 .positive_duration("shoptet.connect_timeout", &raw.connect_timeout)?,
         })
@@ -910,8 +933,9 @@ impl Validator<'_> {
 
     // --- secret files --------------------------------------------------------------------------
 
-    /// Relative names of secret files live in systemd's `$CREDENTIALS_DIRECTORY` when it is set
-    /// (`LoadCredential=`), else in the working directory.
+    /// Relative names in `*_file` keys live in systemd's `$CREDENTIALS_DIRECTORY` when it is set
+    /// (`LoadCredential=`), else in the working directory. One rule for every such key, the CA
+    /// file included, so a unit can hand any of them over the same way.
     fn secret_path(&self, value: &str) -> PathBuf {
         let path = Path::new(value);
         match &self.credentials_dir {
@@ -1357,6 +1381,7 @@ mod tests {
             r#"
             [shoptet]
             client_secret_file = "client-secret"
+            ca_file = "ca.pem"
             [admin]
             token_file = "admin-token"
             [proxy]
@@ -1375,6 +1400,7 @@ mod tests {
             Some("admin-tok")
         );
         assert_eq!(c.admin.token_file, Some(creds.path().join("admin-token")));
+        assert_eq!(c.shoptet.ca_file, Some(creds.path().join("ca.pem")));
         let keys: Vec<&str> = c.proxy.client_keys.iter().map(Secret::expose).collect();
         assert_eq!(keys, ["key-one", "key-two"]);
         assert_eq!(c.store.key_file, Some(creds.path().join("store.key")));

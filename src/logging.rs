@@ -1,9 +1,10 @@
 //! Log output (SPEC B7): tracing to stdout, text or JSON, level from `log.level` unless
 //! `RUST_LOG` is set; the level can be changed at run time (SIGHUP, see [`set_level`]).
 //!
-//! With JSON every line is one object, so journald or a log shipper can parse it. Secrets are kept
-//! out at the source (the [`crate::secret::Secret`] type prints `<redacted>`, token header values
-//! are marked sensitive), not filtered here.
+//! With JSON every line the process prints is one object, so journald or a log shipper can parse
+//! it: that includes the errors that end `serve` (on stderr, see [`fatal`]) and panics. Secrets are
+//! kept out at the source (the [`crate::secret::Secret`] type prints `<redacted>`, token header
+//! values are marked sensitive), not filtered here.
 
 use crate::config::{Log, LogFormat};
 use std::sync::OnceLock;
@@ -13,6 +14,8 @@ use tracing_subscriber::{reload, EnvFilter, Layer as _, Registry};
 
 /// The installed filter, replaceable while running.
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+/// The format [`init`] installed; [`fatal`] writes in it.
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// Whether `RUST_LOG` decided the filter at start; it then wins over `log.level` reloads too.
 fn rust_log() -> Option<EnvFilter> {
@@ -46,6 +49,53 @@ pub fn init(cfg: &Log) {
         .is_ok()
     {
         let _ = FILTER.set(handle);
+        let _ = FORMAT.set(cfg.format);
+        if cfg.format == LogFormat::Json {
+            // The default hook prints plain text; a panic is logged as one JSON object instead.
+            std::panic::set_hook(Box::new(|info| {
+                let location = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                let payload = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                fatal(format_args!("panic{location}: {payload}"));
+            }));
+        }
+    }
+}
+
+/// Prints an error that ends the process on stderr: in the format [`init`] installed (text when
+/// logging is not initialised, as for the command-line tools).
+pub fn fatal(message: impl std::fmt::Display) {
+    fatal_as(FORMAT.get().copied().unwrap_or(LogFormat::Text), message);
+}
+
+/// [`fatal`] in a given format: `serve` reports an invalid configuration in the format that
+/// configuration asks for.
+pub fn fatal_as(format: LogFormat, message: impl std::fmt::Display) {
+    eprintln!("{}", fatal_line(format, &message.to_string()));
+}
+
+fn fatal_line(format: LogFormat, message: &str) -> String {
+    match format {
+        LogFormat::Text => format!("shoptet-proxy: {message}"),
+        LogFormat::Json => {
+            let timestamp = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            serde_json::json!({
+                "timestamp": timestamp,
+                "level": "ERROR",
+                "target": "shoptet_proxy",
+                "message": message,
+            })
+            .to_string()
+        }
     }
 }
 
@@ -70,4 +120,24 @@ pub fn set_level(level: &str) -> Result<(), LevelError> {
         .ok_or(LevelError::NotInitialised)?
         .reload(filter)
         .map_err(|e| LevelError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_lines_are_plain_text_or_one_json_object() {
+        let message = "cannot listen on 127.0.0.1:1: \"quoted\"\nsecond line";
+        assert_eq!(
+            fatal_line(LogFormat::Text, "boom"),
+            "shoptet-proxy: boom".to_owned()
+        );
+        let line = fatal_line(LogFormat::Json, message);
+        assert!(!line.contains('\n'), "one line: {line}");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(v["message"], message);
+        assert_eq!(v["level"], "ERROR");
+        assert!(v["timestamp"].as_str().is_some_and(|t| !t.is_empty()));
+    }
 }

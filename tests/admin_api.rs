@@ -73,11 +73,33 @@ async fn eshop_list_has_exactly_the_documented_fields_and_no_secret() {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| panic!("{field} {t} is not RFC 3339"));
     }
-    let inst = h.store().await.get(ESHOP).await.unwrap().expect("stored");
+    let store = h.store().await;
+    let inst = store.get(ESHOP).await.unwrap().expect("stored");
     let text = r.text();
     assert!(!text.contains(inst.oauth_token.expose()));
     assert!(!text.contains(inst.signature_key.expect("key").expose()));
     assert!(!text.contains(inst.access_token.expect("token").token.expose()));
+
+    // An installation without an API token yet: its expiry is null.
+    store
+        .upsert_installation(
+            &shoptet_proxy::store::NewInstallation {
+                eshop_id: 5,
+                eshop_url: None,
+                contact_email: None,
+                oauth_token: shoptet_proxy::secret::Secret::new("not-used".to_owned()),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let list = h.http.get(&p.admin_url("/admin/eshops"), &[]).await.json();
+    let five = list["eshops"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["eshopId"] == 5))
+        .expect("listed");
+    assert!(five["tokenExpiresAt"].is_null(), "{five}");
+    assert!(five["installedAt"].is_string(), "{five}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,6 +257,16 @@ async fn admin_writes_need_the_admin_token() {
         }
     }
     assert_eq!(h.minted(ESHOP), 1);
+    // Credentials are checked before anything else, even a malformed id.
+    for (method, path) in [
+        ("PUT", "/admin/eshops/abc"),
+        ("DELETE", "/admin/eshops/abc"),
+    ] {
+        let r = admin(&h, &p, method, path, None, &import).await;
+        assert_eq!(r.status, 401, "{method} {path}");
+        let r = admin(&h, &p, method, path, Some(BEARER), &import).await;
+        assert_eq!(r.status, 400, "{method} {path} with the admin token");
+    }
     p.stop().await;
 
     // No admin token configured: writes are off, reads work.
@@ -325,6 +357,54 @@ async fn eshops_commands_work_on_the_store() {
     let p = h.start().await;
     let r = p.api_get(&h.http, 9).await;
     assert_eq!(r.error_code().as_deref(), Some("proxy-eshop-not-installed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_import_obtains_a_signature_key_like_the_admin_import() {
+    let mut h = Harness::new().await;
+    let p = h.start().await;
+    let token = h.sim.create_eshop(9).oauth_token;
+    std::fs::write(h.path("oauth-token"), &token).unwrap();
+    let token_file = h.path("oauth-token").display().to_string();
+    let out = run(
+        &h,
+        &["eshops", "import", "9", "--oauth-token-file", &token_file],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(printed.contains("signature key: renewed"), "{printed}");
+    assert!(!printed.contains(&token), "{printed}");
+
+    let store = h.store().await;
+    let inst = store.get(9).await.unwrap().expect("imported");
+    assert!(
+        inst.signature_key.is_some(),
+        "a fresh signature key is stored"
+    );
+    let sim_view = h
+        .http
+        .get(&format!("{}/sim/eshops/9", h.sim.base_url()), &[])
+        .await
+        .json();
+    assert_eq!(sim_view["hasSignatureKey"], true, "{sim_view}");
+    // The token minted for the key is the e-shop's current token: the first call mints nothing.
+    assert_eq!(h.minted(9), 1);
+    assert_eq!(p.api_get(&h.http, 9).await.status, 200);
+    assert_eq!(h.minted(9), 1);
+    assert_eq!(store.outbox_depth().await.unwrap(), 0, "no installed event");
+
+    // Shoptet's next signed webhook verifies with that key and reaches the addon.
+    h.sim
+        .set_config(|c| c.addon_webhook_url = Some(p.public_url("/webhooks")));
+    let r = h.sim_post("/sim/eshops/9/approve", Value::Null).await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let hook: Value = serde_json::from_slice(&h.hooks.next().await.body).unwrap();
+    assert_eq!(hook["event"], "addon:approve");
+    assert_eq!(hook["eshopId"], 9);
+
+    // The first event the addon sees is a real installation's.
+    h.install(&p, 7).await;
+    let event: Value = serde_json::from_slice(&h.events.next().await.body).unwrap();
+    assert_eq!(event["eshopId"], 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,11 @@ use base64::Engine as _;
 /// Runs the binary in `dir` (so no stray ./config.toml is picked up) with a clean
 /// `SHOPTET_PROXY_*`/`CREDENTIALS_DIRECTORY` environment.
 fn run(dir: &Path, args: &[&str]) -> Output {
+    run_env(dir, args, &[])
+}
+
+/// [`run`] with `env` added to the cleaned environment.
+fn run_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
     cmd.args(args).current_dir(dir);
     for (name, _) in std::env::vars_os() {
@@ -16,6 +21,7 @@ fn run(dir: &Path, args: &[&str]) -> Output {
             cmd.env_remove(name.as_ref());
         }
     }
+    cmd.envs(env.iter().copied());
     cmd.output().expect("run shoptet-proxy")
 }
 
@@ -140,4 +146,152 @@ fn version_names_the_commit() {
     assert!(!commit.is_empty());
     assert!(printed.contains(commit), "{printed}");
     assert!(printed.contains(shoptet_proxy::VERSION), "{printed}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_working_directory_and_sqlite_is_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("conf")).unwrap();
+    std::fs::write(
+        dir.path().join("conf/c.toml"),
+        "[store]\nurl = \"sqlite://proxy.db\"\nkey_file = \"store.key\"\n",
+    )
+    .unwrap();
+    let key = run(dir.path(), &["gen-key"]);
+    std::fs::write(dir.path().join("store.key"), &key.stdout).unwrap();
+    let out = run(
+        dir.path(),
+        &["eshops", "list", "--json", "--config", "conf/c.toml"],
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(list, serde_json::json!({"eshops": []}));
+    assert!(
+        dir.path().join("proxy.db").is_file(),
+        "created in the working directory"
+    );
+    assert!(
+        !dir.path().join("conf/proxy.db").exists(),
+        "not beside the config file"
+    );
+}
+
+#[test]
+fn relative_secret_files_resolve_in_the_credentials_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    let key = run(dir.path(), &["gen-key"]);
+    std::fs::write(creds.join("store.key"), &key.stdout).unwrap();
+    std::fs::write(creds.join("admin-token"), "admin-token-SENTINEL\n").unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[admin]\ntoken_file = \"admin-token\"\n\
+         [store]\nurl = \"sqlite://proxy.db\"\nkey_file = \"store.key\"\n",
+    )
+    .unwrap();
+    let args = ["eshops", "list", "--json", "--config", "c.toml"];
+    let out = run_env(dir.path(), &args, &[("CREDENTIALS_DIRECTORY", &creds)]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(dir.path().join("proxy.db").is_file());
+
+    // Without $CREDENTIALS_DIRECTORY the same names are looked up in the working directory.
+    let out = run(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("admin.token_file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("SENTINEL"));
+}
+
+#[test]
+fn environment_overrides_the_file_and_durations_read_as_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[proxy]\nmax_queue = 77\nqueue_timeout = \"30s\"\nrefresh_margin = \"5m\"\n",
+    )
+    .unwrap();
+    let out = run_env(
+        dir.path(),
+        &["check-config", "--config", "c.toml"],
+        &[
+            ("SHOPTET_PROXY_PROXY__MAX_QUEUE", Path::new("5")),
+            ("SHOPTET_PROXY_PROXY__QUEUE_TIMEOUT", Path::new("2m")),
+        ],
+    );
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let printed: toml::Value = toml::from_str(&stdout(&out)).expect("TOML");
+    let proxy = &printed["proxy"];
+    assert_eq!(proxy["max_queue"].as_integer(), Some(5), "{printed}");
+    assert_eq!(proxy["queue_timeout"].as_str(), Some("2m"), "{printed}");
+    assert_eq!(proxy["refresh_margin"].as_str(), Some("5m"), "{printed}");
+
+    let out = run_env(
+        dir.path(),
+        &["check-config", "--config", "c.toml"],
+        &[("SHOPTET_PROXY_PROXY__MAX_QUEU", Path::new("5"))],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("max_queu"), "{}", stderr(&out));
+}
+
+#[test]
+fn every_documented_command_exists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (args, flags) in [
+        (&["serve"][..], &[][..]),
+        (&["demo"], &[]),
+        (&["sim"], &[]),
+        (&["check-config"], &[]),
+        (&["gen-key"], &[]),
+        (&["store", "rekey"], &[]),
+        (&["eshops", "list"], &["--json"]),
+        (
+            &["eshops", "import"],
+            &[
+                "--oauth-token-file",
+                "--eshop-url",
+                "--contact-email",
+                "<ID>",
+            ],
+        ),
+        (&["eshops", "remove"], &["<ID>"]),
+    ] {
+        let mut with_help = args.to_vec();
+        with_help.push("--help");
+        let out = run(dir.path(), &with_help);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        for flag in flags {
+            assert!(stdout(&out).contains(flag), "{args:?} lacks {flag}");
+        }
+        assert!(
+            stdout(&out).contains("--config"),
+            "{args:?}: --config is global"
+        );
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_store_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    for (store, names) in [
+        (
+            "[store]\nurl = \"sqlite://proxy.db\"\nkey_file = \"\"\n",
+            "store.key_file",
+        ),
+        ("[store]\nurl = \"sqlite://proxy.db\"\n", "store.key"),
+    ] {
+        std::fs::write(dir.path().join("c.toml"), format!("{listen}{store}")).unwrap();
+        let out = run(dir.path(), &["serve", "--config", "c.toml"]);
+        assert!(!out.status.success(), "{store}");
+        assert!(stderr(&out).contains(names), "{store}: {}", stderr(&out));
+        assert!(
+            !dir.path().join("proxy.db").exists(),
+            "no store without a key"
+        );
+    }
 }

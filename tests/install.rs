@@ -126,9 +126,12 @@ async fn reinstall_with_a_new_code_replaces_the_oauth_token() {
         inst.oauth_token.expose(),
         second["oauthToken"].as_str().expect("token")
     );
-    // The old OAuth token and its API tokens are revoked; the proxy works with the new ones.
+    // The old OAuth token and its API tokens are revoked; the proxy works with the new ones,
+    // starting with the token minted for the new signature key.
+    assert_eq!(h.minted(ESHOP), 2);
     let r = p.api_get(&h.http, ESHOP).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(h.minted(ESHOP), 2, "the re-installation's token serves");
 }
 
 /// An OAuth server that accepts the connection and answers only after 10 s.

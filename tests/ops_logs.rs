@@ -180,13 +180,18 @@ async fn trace_logs_are_json_with_access_lines_and_never_hold_a_secret() {
         }
         assert!(!holds_api_token(line), "an API token leaked: {line}");
     }
-    let parsed: Vec<Value> = out
-        .iter()
-        .map(|l| match serde_json::from_str::<Value>(l) {
-            Ok(v) if v.is_object() => v,
-            _ => panic!("stdout line is not a JSON object: {l}"),
-        })
-        .collect();
+    let parsed = json_lines(&out, "stdout");
+    json_lines(&err, "stderr");
+    for message in [
+        "listening",
+        "shutting down: draining in-flight requests",
+        "stopped",
+    ] {
+        assert!(
+            parsed.iter().any(|v| v["message"] == message),
+            "start-up and shutdown are logged as JSON too: {message}"
+        );
+    }
     assert!(
         parsed.len() > 10,
         "trace level logs a lot: {}",
@@ -228,6 +233,100 @@ async fn trace_logs_are_json_with_access_lines_and_never_hold_a_secret() {
     assert_eq!(first["path"], "/api/eshop");
     assert_eq!(first["method"], "GET");
     assert_eq!(first["replayed"], false);
+}
+
+/// Every line parsed as one JSON object; panics naming the stream and the line otherwise.
+fn json_lines(lines: &[String], stream: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| match serde_json::from_str::<Value>(l) {
+            Ok(v) if v.is_object() => v,
+            _ => panic!("{stream} line is not a JSON object: {l}"),
+        })
+        .collect()
+}
+
+/// Runs `serve` with `config` (in its directory, no inherited overrides) until it exits, as it
+/// must when it cannot start; returns the status and the stdout and stderr lines.
+fn serve_until_exit(
+    config: &std::path::Path,
+) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .current_dir(config.parent().expect("config dir"))
+        .env_remove("RUST_LOG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SHOPTET_PROXY_") {
+            cmd.env_remove(name);
+        }
+    }
+    let out = cmd.output().expect("run serve");
+    let lines = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    (out.status, lines(&out.stdout), lines(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_logs_even_a_failed_start_prints_only_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = Secrets::generate();
+    let config = ops_support::write_config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        &secrets,
+        "5s",
+    );
+    let valid = std::fs::read_to_string(&config).expect("config");
+
+    // The proxy port is taken: the configuration is valid, binding fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let busy = valid.replacen(
+        "[proxy]\nlisten = \"127.0.0.1:0\"",
+        &format!("[proxy]\nlisten = \"127.0.0.1:{port}\""),
+        1,
+    );
+    assert_ne!(busy, valid);
+    std::fs::write(&config, busy).expect("write config");
+    let (status, out, err) = serve_until_exit(&config);
+    assert_eq!(status.code(), Some(1), "stderr: {err:?}");
+    json_lines(&out, "stdout");
+    let errors = json_lines(&err, "stderr");
+    assert!(
+        errors.iter().any(|v| v["level"] == "ERROR"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&port.to_string()))),
+        "the bind failure is reported: {err:?}"
+    );
+
+    // An unknown key: the configuration is invalid, yet it asked for JSON and gets it.
+    std::fs::write(&config, format!("{valid}\n[proxy_typo]\nx = 1\n")).expect("write config");
+    let (status, out, err) = serve_until_exit(&config);
+    assert_eq!(status.code(), Some(2), "stderr: {err:?}");
+    assert!(out.is_empty(), "{out:?}");
+    let errors = json_lines(&err, "stderr");
+    assert!(
+        errors.iter().any(|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("proxy_typo"))),
+        "the unknown key is named: {err:?}"
+    );
+    for line in out.iter().chain(&err) {
+        for secret in secrets.all() {
+            assert!(!line.contains(&secret), "a secret leaked: {line}");
+        }
+    }
+    drop(taken);
 }
 
 #[test]

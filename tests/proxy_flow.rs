@@ -129,10 +129,19 @@ async fn queue_timeout_is_504() {
 /// A simulator whose bucket fills after 3 requests and drains one drop a second, with a proxy
 /// that does not pace, so Shoptet's 429 is what the proxy meets.
 async fn small_bucket() -> Harness {
+    small_bucket_with(|_| {}).await
+}
+
+/// [`small_bucket`] with the proxy configuration changed by `tweak` as well.
+async fn small_bucket_with(tweak: impl FnOnce(&mut shoptet_proxy::config::Config)) -> Harness {
     let mut s = sim_config();
     s.bucket_capacity = 3;
     s.bucket_drain_per_sec = 1;
-    let h = Harness::with(s, |c| c.proxy.bucket_pacing = false).await;
+    let h = Harness::with(s, |c| {
+        c.proxy.bucket_pacing = false;
+        tweak(c);
+    })
+    .await;
     h.install(ESHOP).await;
     for _ in 0..3 {
         let r = h.get(ESHOP, "/api/eshop").await;
@@ -154,6 +163,22 @@ async fn get_after_bucket_429_with_http_date_is_retried() {
         .collect();
     assert_eq!(orders.first(), Some(&Some(429)), "{orders:?}");
     assert_eq!(orders.last(), Some(&Some(200)), "{orders:?}");
+}
+
+#[tokio::test]
+async fn get_429_asking_for_more_than_max_retry_wait_comes_back_with_its_retry_after() {
+    let h = small_bucket_with(|c| c.proxy.max_retry_wait = Duration::ZERO).await;
+    let r = h.get(ESHOP, "/api/orders").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let ra = r.header("retry-after").expect("Retry-After passed back");
+    assert!(httpdate::parse_http_date(ra).is_ok(), "{ra}");
+    let tries = h
+        .sim_requests(Some(ESHOP))
+        .await
+        .iter()
+        .filter(|r| r["path"] == "/api/orders")
+        .count();
+    assert_eq!(tries, 1, "not retried");
 }
 
 #[tokio::test]
@@ -224,6 +249,117 @@ async fn slow_upstream_head_is_504_upstream_timeout() {
     assert_proxy_error(&r, 504, "proxy-upstream-timeout");
     let r = h.get(ESHOP, "/api/eshop").await;
     assert_eq!(r.status, 200, "the slot was released: {}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_in_flight_caps_upstream_requests_over_all_eshops() {
+    // Shoptet's per-IP limit set to 2: a third request in flight from the proxy would be a 429.
+    let mut s = sim_config();
+    s.bucket = false;
+    s.per_ip_concurrency = 2;
+    let h = Arc::new(Harness::with(s, |c| c.proxy.max_in_flight = 2).await);
+    let eshops = [ESHOP, ESHOP + 1, ESHOP + 2];
+    for id in eshops {
+        h.install(id).await;
+    }
+    let results = join_all(eshops.iter().flat_map(|&id| {
+        (0..2).map(move |_| id).map(|id| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                h.call(
+                    Method::GET,
+                    id,
+                    "/api/eshop",
+                    &[("x-sim-delay-ms", "200")],
+                    Bytes::new(),
+                )
+                .await
+                .status
+            })
+        })
+    }))
+    .await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(StatusCode::OK))),
+        "{results:?}"
+    );
+    assert_eq!(
+        h.stats().status429,
+        0,
+        "never more than 2 in flight upstream"
+    );
+}
+
+/// An API that sends its answer head and first body chunk at once, and the rest only when
+/// `rest` fires.
+async fn api_with_a_held_body_tail(rest: tokio::sync::oneshot::Receiver<()>) -> url::Url {
+    use futures_util::StreamExt as _;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let rest = Arc::new(std::sync::Mutex::new(Some(rest)));
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let svc = hyper::service::service_fn(move |_req| {
+            let rest = rest.lock().expect("lock").take();
+            async move {
+                let tail = async move {
+                    if let Some(rest) = rest {
+                        let _ = rest.await;
+                    }
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"tail")))
+                };
+                let head = futures_util::stream::once(async {
+                    Ok(Frame::data(Bytes::from_static(b"head-")))
+                });
+                let body = StreamBody::new(head.chain(futures_util::stream::once(tail)));
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+            .await;
+    });
+    url.parse().expect("url")
+}
+
+#[tokio::test]
+async fn upstream_timeout_bounds_the_head_only_and_a_slow_body_streams_past_it() {
+    use futures_util::StreamExt as _;
+    use http_body_util::BodyExt as _;
+    let timeout = Duration::from_millis(200);
+    let (release, rest) = tokio::sync::oneshot::channel();
+    let api = api_with_a_held_body_tail(rest).await;
+    let h = Harness::with(sim_config(), |c| {
+        c.shoptet.api_url = api;
+        c.proxy.upstream_timeout = timeout;
+    })
+    .await;
+    h.install(ESHOP).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let req = http::Request::get(h.url("/api/eshop"))
+        .header("x-shoptet-eshop-id", ESHOP.to_string())
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let resp = client.request(req).await.expect("answer head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    let first = body.next().await.expect("a first chunk").expect("data");
+    assert_eq!(&first[..], b"head-", "streamed before the tail exists");
+    // The tail comes well after upstream_timeout has run out, and still arrives.
+    tokio::time::sleep(timeout * 3).await;
+    release.send(()).expect("the API waits for the tail");
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+        rest.extend_from_slice(&chunk.expect("body streams to the end"));
+    }
+    assert_eq!(rest, b"tail");
 }
 
 #[tokio::test]

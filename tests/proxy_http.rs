@@ -176,6 +176,24 @@ async fn both_tagging_styles_reach_the_same_eshop() {
 }
 
 #[tokio::test]
+async fn a_configured_eshop_header_tags_and_is_removed_before_forwarding() {
+    let h = Harness::with(quiet(), |c| {
+        c.proxy.eshop_header = http::HeaderName::from_static("x-shop")
+    })
+    .await;
+    h.install(ESHOP).await;
+    let id = ESHOP.to_string();
+    let r = h.client.get(&h.url("/api/eshop"), &[("x-shop", &id)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = h.sim_requests(Some(ESHOP)).await;
+    assert_eq!(log.len(), 1);
+    assert!(log[0]["headers"].get("x-shop").is_none(), "{}", log[0]);
+    // The default name is then an ordinary header, not a tag.
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 400, "proxy-missing-eshop-id");
+}
+
+#[tokio::test]
 async fn hop_by_hop_dropped_token_replaced_and_shoptet_headers_returned() {
     let h = Harness::start(sim_config()).await;
     h.install(ESHOP).await;
@@ -191,6 +209,7 @@ async fn hop_by_hop_dropped_token_replaced_and_shoptet_headers_returned() {
                 ("proxy-connection", "keep-alive"),
                 ("te", "trailers"),
                 ("trailer", "x-checksum"),
+                ("upgrade", "websocket"),
                 ("shoptet-access-token", "client-sent-token"),
                 ("shoptet-private-api-token", "client-sent-private"),
                 ("x-custom", "kept"),
@@ -208,6 +227,7 @@ async fn hop_by_hop_dropped_token_replaced_and_shoptet_headers_returned() {
         "proxy-connection",
         "te",
         "trailer",
+        "upgrade",
         "shoptet-private-api-token",
         "x-shoptet-eshop-id",
     ] {

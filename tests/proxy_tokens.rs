@@ -8,10 +8,14 @@ use bytes::Bytes;
 use common::{assert_proxy_error, sim_config, Harness, ESHOP};
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use serde_json::json;
+use shoptet_proxy::secret::Secret;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse};
+use shoptet_proxy::store::AccessToken;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Simulator without the leaky bucket or per-token/IP concurrency limits: these tests are about
 /// tokens, and pacing or 429s would only slow them down.
@@ -385,4 +389,212 @@ async fn status_changes_made_elsewhere_reach_a_running_proxy() {
     assert_proxy_error(&r, 403, "proxy-eshop-not-installed");
     // Suspension and approval were learned from the store, not by asking Shoptet.
     assert_eq!(h.minted(ESHOP), 1);
+}
+
+/// When each request reached a stand-in server.
+#[derive(Clone, Default)]
+struct Calls(Arc<std::sync::Mutex<Vec<Instant>>>);
+
+impl Calls {
+    fn record(&self) {
+        self.0.lock().expect("calls").push(Instant::now());
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().expect("calls").len()
+    }
+
+    /// The time between consecutive calls.
+    fn gaps(&self) -> Vec<Duration> {
+        let at = self.0.lock().expect("calls");
+        at.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+/// How the stand-in OAuth server fails getAccessToken.
+#[derive(Clone, Copy, Debug)]
+enum OAuthFailure {
+    ServerError,
+    Garbage,
+    Silent,
+}
+
+/// An OAuth server that fails every call as `how` says; returns its base URL and when each call
+/// arrived.
+async fn failing_oauth_server(how: OAuthFailure) -> (url::Url, Calls) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let calls = Calls::default();
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
+                counted.record();
+                async move {
+                    let (status, body) = match how {
+                        OAuthFailure::ServerError => (500, "<html>Internal Server Error</html>"),
+                        OAuthFailure::Garbage => (200, "not JSON at all"),
+                        OAuthFailure::Silent => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            (200, "{}")
+                        }
+                    };
+                    let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *r.status_mut() = StatusCode::from_u16(status).expect("status");
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    (url.parse().expect("url"), calls)
+}
+
+#[tokio::test]
+async fn failed_refresh_after_a_401_is_503_token_unavailable_with_retry_after() {
+    for how in [
+        OAuthFailure::ServerError,
+        OAuthFailure::Garbage,
+        OAuthFailure::Silent,
+    ] {
+        let (oauth, calls) = failing_oauth_server(how).await;
+        let h = Harness::with(unlimited(), |c| {
+            c.shoptet.partner_url = oauth;
+            c.proxy.upstream_timeout = Duration::from_millis(300);
+        })
+        .await;
+        let inst = h.install(ESHOP).await;
+        // A token stored by an earlier run: the first call needs no getAccessToken.
+        let token = h
+            .client
+            .api_token(&h.sim.base_url(), &inst.oauth_token)
+            .await;
+        h.store
+            .save_access_token(
+                ESHOP,
+                &AccessToken {
+                    token: Secret::new(token),
+                    expires_at: SystemTime::now() + Duration::from_secs(1800),
+                },
+            )
+            .await
+            .expect("save token");
+        assert_eq!(h.get(ESHOP, "/api/eshop").await.status, 200, "{how:?}");
+        h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
+            .await;
+        for _ in 0..2 {
+            let r = h.get(ESHOP, "/api/eshop").await;
+            assert_proxy_error(&r, 503, "proxy-token-unavailable");
+            let wait: u64 = r
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{how:?}: Retry-After in seconds: {:?}", r.headers));
+            assert!(wait >= 1, "{how:?}");
+        }
+        assert_eq!(
+            calls.count(),
+            1,
+            "{how:?}: one refresh, then the cached failure"
+        );
+        h.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn uninstalled_eshop_is_403_not_installed() {
+    let h = Harness::start(unlimited()).await;
+    h.install(ESHOP).await;
+    h.sim_control(&format!("/sim/eshops/{ESHOP}/uninstall"))
+        .await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_proxy_error(&r, 403, "proxy-eshop-not-installed");
+    assert_eq!(h.stats().calls.api, 0, "nothing reached the API");
+}
+
+/// An API that rejects every token with Shoptet's `invalid-token` 401; counts its requests.
+async fn api_rejecting_every_token() -> (url::Url, Calls) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let calls = Calls::default();
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
+                counted.record();
+                async move {
+                    let body = json!({"data": null, "errors": [{"errorCode": "invalid-token",
+                        "message": "Invalid access token.", "instance": "api-test"}]});
+                    let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())));
+                    *r.status_mut() = StatusCode::UNAUTHORIZED;
+                    r.headers_mut().insert(
+                        "x-request-id",
+                        http::HeaderValue::from_static("rejected-twice"),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    (url.parse().expect("url"), calls)
+}
+
+#[tokio::test]
+async fn a_second_401_goes_back_to_the_client_as_is() {
+    let (api, calls) = api_rejecting_every_token().await;
+    let h = Harness::with(unlimited(), |c| c.shoptet.api_url = api).await;
+    h.install(ESHOP).await;
+    let r = h.get(ESHOP, "/api/eshop").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("invalid-token"));
+    assert_eq!(
+        r.json()["errors"][0]["instance"],
+        "api-test",
+        "Shoptet's body"
+    );
+    assert_eq!(r.header("x-request-id"), Some("rejected-twice"));
+    assert_eq!(calls.count(), 2, "sent, then replayed once");
+    assert_eq!(h.minted(ESHOP), 2, "one token, one refresh");
+}
+
+#[tokio::test]
+async fn token_fetch_failures_back_off_from_half_a_second_doubling_up_to_the_cap() {
+    let (oauth, calls) = failing_oauth_server(OAuthFailure::ServerError).await;
+    let h = Harness::with(unlimited(), |c| {
+        c.shoptet.partner_url = oauth;
+        c.proxy.token_backoff_max = Duration::from_millis(1500);
+    })
+    .await;
+    h.install(ESHOP).await;
+    // Requests keep coming; only those after a backoff ran out reach the OAuth server.
+    let mut retry_after = Vec::new();
+    while calls.count() < 4 {
+        let before = calls.count();
+        let r = h.get(ESHOP, "/api/eshop").await;
+        assert_proxy_error(&r, 503, "proxy-token-unavailable");
+        if calls.count() > before {
+            retry_after.push(r.header("retry-after").unwrap_or_default().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 0.5 s, 1 s, then 1.5 s (the cap instead of 2 s), each rounded up to whole seconds.
+    assert_eq!(retry_after, ["1", "1", "2", "2"]);
+    let gaps = calls.gaps();
+    for (gap, (min, max)) in gaps.iter().zip([(500, 950), (1000, 1450), (1500, 1950)]) {
+        let ms = gap.as_millis();
+        assert!((min..max).contains(&ms), "gaps {gaps:?}");
+    }
+    assert_eq!(h.stats().calls.api, 0);
 }

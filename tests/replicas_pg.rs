@@ -1,5 +1,6 @@
 //! Several proxy replicas on one PostgreSQL store (SPEC B4): they share API tokens, so a burst of
-//! cold requests spread over them mints exactly one token per e-shop, and a restart mints none.
+//! cold requests spread over them mints exactly one token per e-shop, and a restart mints none;
+//! and `/readyz` follows the database (SPEC B7).
 //! Needs `SHOPTET_PROXY_TEST_PG_URL` (see tests/pg.sh); unset, the test reports "skipped".
 
 mod install_common;
@@ -8,6 +9,8 @@ use futures_util::future::join_all;
 use install_common::{pg_url, Harness};
 use shoptet_proxy::secret::Secret;
 use shoptet_proxy::store::NewInstallation;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 const ESHOPS: [u64; 3] = [1001, 1002, 1003];
 const REQUESTS: usize = 300;
@@ -99,4 +102,95 @@ async fn install_and_webhooks_work_across_replicas() {
     b.stop().await;
     assert_eq!(h.hooks.next().await.body, body.as_bytes());
     a.stop().await;
+}
+
+/// A TCP relay to the database that the test can cut and restore, as a network failure would.
+struct Relay {
+    addr: std::net::SocketAddr,
+    open: Arc<AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(AtomicBool::new(true));
+        let links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (is_open, tasks) = (open.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut db) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut db).await;
+                    }
+                });
+                tasks.lock().expect("links").push(link.abort_handle());
+            }
+        });
+        Relay { addr, open, links }
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for link in self.links.lock().expect("links").drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_the_database_is_unreachable() {
+    let Some(url) = pg_url().await else { return };
+    let parsed: url::Url = url.parse().expect("database URL");
+    let target = format!(
+        "{}:{}",
+        parsed.host_str().expect("host"),
+        parsed.port().unwrap_or(5432)
+    );
+    let relay = Relay::start(target.clone()).await;
+    let h = Harness::with_store(Some(url.replacen(&target, &relay.addr.to_string(), 1))).await;
+    let p = h.start().await;
+    let readyz = || async { h.http.get(&p.admin_url("/readyz"), &[]).await.status };
+    assert_eq!(readyz().await, 200);
+
+    relay.cut();
+    wait_for_status(&readyz, 503).await;
+    let health = h.http.get(&p.admin_url("/healthz"), &[]).await;
+    assert_eq!(health.status, 200, "the process is alive");
+
+    relay.restore();
+    wait_for_status(&readyz, 200).await;
+    p.stop().await;
+}
+
+/// Polls `probe` until it answers `want`; panics after 10 s.
+async fn wait_for_status<F, Fut>(probe: &F, want: u16)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = http::StatusCode>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = probe().await;
+        if status == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed {status}, expected {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

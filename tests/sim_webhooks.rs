@@ -456,6 +456,11 @@ async fn stats_endpoint_matches_the_library_view_and_resets() {
     assert_eq!(v["calls"]["getAccessToken"], 1);
     assert_eq!(v["eshops"]["222651"]["apiCalls"], 1);
     assert_eq!(v["peakConcurrencyPerToken"], 1);
+    // The counters SPEC B8 names: tokens minted per e-shop, API calls, 401s, 429s, peak
+    // concurrency per token.
+    assert_eq!(v["calls"]["api"], 1);
+    assert_eq!(v["status401"], 0);
+    assert_eq!(v["status429"], 0);
     let reset = e
         .control(Method::POST, "/sim/stats/reset", &Value::Null)
         .await;
