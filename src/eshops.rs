@@ -5,9 +5,11 @@
 //! each a SipHash over a sharded map and a pointer chase to a separately allocated entry. With
 //! 100,000 e-shops in the traffic those are cache misses on every request, and two entries (plus a
 //! separately allocated semaphore) cost memory per e-shop. The request now looks its e-shop up once
-//! and hands the record on. Records are never removed: an e-shop whose installation is replaced or
-//! removed has its token state reset in place ([`crate::tokens::TokenCache::forget`]), so a request
-//! in flight keeps a valid record and its upstream slot.
+//! and hands the record on. An e-shop whose installation is replaced or removed has its token state
+//! reset in place ([`crate::tokens::TokenCache::forget`]), so a request in flight keeps a valid
+//! record and its upstream slot. Records go only when nothing but the map holds them and their
+//! owner calls them idle ([`Eshops::evict`]): ids that were never installed (a typo, a probe)
+//! would otherwise cost memory for the life of the process.
 
 use crate::flow::Lane;
 use crate::tokens::Slot;
@@ -62,6 +64,24 @@ impl Eshops {
     /// Every record, cloned out so no map guard outlives the call.
     pub fn all(&self) -> Vec<Arc<Eshop>> {
         self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Removes the records that no request, task or caller holds and that `idle` accepts;
+    /// returns how many went. A request arriving later simply creates a fresh record.
+    pub fn evict(&self, idle: impl Fn(&Eshop) -> bool) -> usize {
+        let before = self.map.len();
+        self.map
+            .retain(|_, e| Arc::strong_count(e) > 1 || !idle(e.as_ref()));
+        before.saturating_sub(self.map.len())
+    }
+
+    /// How many records exist.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -142,6 +162,21 @@ mod tests {
         assert_eq!(a.id, 222_651);
         assert!(eshops.existing(1).is_none());
         assert_eq!(eshops.all().len(), 1);
+    }
+
+    #[test]
+    fn only_idle_records_nobody_holds_are_evicted() {
+        let eshops = Eshops::new(3);
+        let held = eshops.get(1);
+        eshops.get(2);
+        eshops.get(3);
+        // Record 3 is not idle; record 1 is held by a request.
+        assert_eq!(eshops.evict(|e| e.id != 3), 1);
+        assert!(eshops.existing(2).is_none());
+        assert_eq!(eshops.len(), 2);
+        drop(held);
+        assert_eq!(eshops.evict(|e| e.id != 3), 1);
+        assert!(eshops.existing(3).is_some());
     }
 
     #[test]

@@ -237,6 +237,14 @@ impl TokenCache {
 
     /// One pass of [`TokenCache::watch_statuses`].
     pub async fn recheck_statuses(&self) {
+        // A record with no token that saw no request since the last pass costs memory and saves
+        // nothing: at worst its next request reads the store once more.
+        let evicted = self.eshops.evict(|e| {
+            !e.token.used.load(Ordering::Relaxed) && lock(&e.token.state).token.is_none()
+        });
+        if evicted > 0 {
+            tracing::debug!(evicted, "dropped idle e-shop records");
+        }
         let used: Vec<Arc<Eshop>> = self
             .eshops
             .all()
@@ -459,5 +467,96 @@ impl TokenCache {
                 ..State::default()
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::store::{Keyring, NewInstallation};
+
+    /// A cache over a fresh SQLite store holding e-shop 1; the OAuth server is never reached.
+    async fn cache() -> (Arc<TokenCache>, Arc<Eshops>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url, Keyring::generate()).await.expect("store");
+        let installed = NewInstallation {
+            eshop_id: 1,
+            eshop_url: None,
+            contact_email: None,
+            oauth_token: Secret::new("oauth"),
+        };
+        store
+            .upsert_installation(&installed, None)
+            .await
+            .expect("upsert");
+        crate::upstream::install_crypto_provider();
+        let client = crate::upstream::client(None, Duration::from_secs(1)).expect("client");
+        let partner: url::Url = "http://127.0.0.1:9/".parse().expect("url");
+        let oauth = OAuthClient::new(
+            client,
+            &partner,
+            "id".into(),
+            None,
+            String::new(),
+            Duration::from_secs(1),
+        )
+        .expect("oauth client");
+        let eshops = Arc::new(Eshops::new(3));
+        let cache = Arc::new(TokenCache::new(
+            eshops.clone(),
+            store,
+            Arc::new(oauth),
+            Arc::new(Metrics::new()),
+            TokenConfig {
+                refresh_margin: Duration::from_secs(300),
+                backoff_max: Duration::from_secs(10),
+            },
+        ));
+        (cache, eshops, dir)
+    }
+
+    fn token(value: &str) -> AccessToken {
+        AccessToken {
+            token: Secret::new(value),
+            expires_at: SystemTime::now() + Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_of_never_installed_ids_are_evicted_and_tokens_kept() {
+        let (cache, eshops, _dir) = cache().await;
+        cache.adopt(1, token("t1"));
+        // Ids probed by a client and never installed: each left a record behind.
+        for id in 2..=50 {
+            eshops.get(id);
+        }
+        cache.recheck_statuses().await;
+        assert_eq!(eshops.len(), 1, "only the record holding a token stays");
+        let one = eshops.get(1);
+        assert!(cache.get(&one).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_token_of_an_installation_removed_elsewhere_stops_serving() {
+        let (cache, eshops, _dir) = cache().await;
+        let stale = cache.adopt(1, token("t1"));
+        // E-shop 3 is not in the store: another replica removed it.
+        cache.adopt(3, token("t3"));
+        let (one, three) = (eshops.get(1), eshops.get(3));
+        assert!(cache.get(&one).await.is_ok());
+        assert!(cache.get(&three).await.is_ok());
+        cache.recheck_statuses().await;
+        assert_eq!(
+            cache.get(&one).await.expect("still installed").generation,
+            stale.generation
+        );
+        assert!(lock(&three.token.state).token.is_none());
+        // Once nobody holds it and it sees no request, its record goes too.
+        drop(three);
+        cache.recheck_statuses().await;
+        assert!(eshops.existing(3).is_none());
+        assert!(eshops.existing(1).is_some());
     }
 }
