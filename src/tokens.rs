@@ -245,12 +245,12 @@ impl TokenCache {
         if evicted > 0 {
             tracing::debug!(evicted, "dropped idle e-shop records");
         }
-        let used: Vec<Arc<Eshop>> = self
+        let used = self
             .eshops
-            .all()
-            .into_iter()
-            .filter(|e| e.token.used.swap(false, Ordering::Relaxed))
-            .collect();
+            // Read before writing: a swap would dirty every record's cache line.
+            .picked(|e| {
+                e.token.used.load(Ordering::Relaxed) && e.token.used.swap(false, Ordering::Relaxed)
+            });
         if used.is_empty() {
             return;
         }
