@@ -1,19 +1,19 @@
 //! The admin API (SPEC B7) and the `eshops`/`store` commands of the binary, on one store.
 
-mod install_common;
+mod common;
 
-use install_common::{Harness, Proxy, ADMIN_TOKEN};
+use common::deploy::{Deployment, Proxy, ADMIN_TOKEN};
 use serde_json::{json, Value};
 use shoptet_proxy::sim::testing::TestResponse;
 use shoptet_proxy::store::Keyring;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const ESHOP: u64 = 222651;
 const BEARER: &str = "Bearer admin-token-for-tests";
 
 async fn admin(
-    h: &Harness,
+    h: &Deployment,
     p: &Proxy,
     method: &str,
     path: &str,
@@ -41,7 +41,7 @@ async fn admin(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eshop_list_has_exactly_the_documented_fields_and_no_secret() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     let sim = h.install(&p, ESHOP).await;
     assert_eq!(sim["installStatus"], 200);
@@ -104,7 +104,7 @@ async fn eshop_list_has_exactly_the_documented_fields_and_no_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_replaces_the_oauth_token_without_an_installed_event() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     let first = h.sim.create_eshop(ESHOP);
     let body = json!({"access_token": first.oauth_token, "expires_in": null, "token_type": "Bearer",
@@ -183,7 +183,7 @@ async fn import_replaces_the_oauth_token_without_an_installed_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_mints_a_new_token_and_delete_removes_the_installation() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     h.install(&p, ESHOP).await;
     assert_eq!(h.minted(ESHOP), 1);
@@ -239,7 +239,7 @@ async fn refresh_mints_a_new_token_and_delete_removes_the_installation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_writes_need_the_admin_token() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     h.install(&p, ESHOP).await;
     let import = json!({"access_token": "x"});
@@ -291,17 +291,10 @@ async fn admin_writes_need_the_admin_token() {
     assert_ne!(inst.oauth_token.expose(), "x");
 }
 
-/// Runs the binary with `config`, without the `SHOPTET_PROXY_*` variables of the test process
-/// (cargo sets some for the build); panics unless it succeeds.
+/// Runs the binary with `config` in `dir` and a clean environment; panics unless it succeeds.
 fn run_with(config: &Path, dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
-    cmd.arg("--config").arg(config).args(args).current_dir(dir);
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("SHOPTET_PROXY_") || name == "CREDENTIALS_DIRECTORY" {
-            cmd.env_remove(name.as_ref());
-        }
-    }
+    let mut cmd = common::binary::command(dir);
+    cmd.arg("--config").arg(config).args(args);
     let out = cmd.output().expect("run shoptet-proxy");
     assert!(
         out.status.success(),
@@ -311,13 +304,13 @@ fn run_with(config: &Path, dir: &Path, args: &[&str]) -> Output {
     out
 }
 
-fn run(h: &Harness, args: &[&str]) -> Output {
+fn run(h: &Deployment, args: &[&str]) -> Output {
     run_with(&h.write_config(), h.dir.path(), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eshops_commands_work_on_the_store() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     h.install(&p, ESHOP).await;
     let token = h.sim.create_eshop(9).oauth_token;
@@ -361,7 +354,7 @@ async fn eshops_commands_work_on_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_import_obtains_a_signature_key_like_the_admin_import() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     let token = h.sim.create_eshop(9).oauth_token;
     std::fs::write(h.path("oauth-token"), &token).unwrap();
@@ -409,7 +402,7 @@ async fn cli_import_obtains_a_signature_key_like_the_admin_import() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_rekey_lets_the_new_key_alone_read_everything() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     h.install(&p, ESHOP).await;
     p.stop().await;
