@@ -39,6 +39,14 @@ async fn admin(
         .await
 }
 
+/// Installs e-shop 7 through Shoptet and checks that its "installed" event is the first the addon
+/// sees (imports announce nothing).
+async fn assert_first_event_is_a_real_installation(h: &mut Deployment, p: &Proxy) {
+    h.install(p, 7).await;
+    let event: Value = serde_json::from_slice(&h.events.next().await.body).unwrap();
+    assert_eq!(event["eshopId"], 7);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eshop_list_has_exactly_the_documented_fields_and_no_secret() {
     let h = Deployment::new().await;
@@ -175,10 +183,8 @@ async fn import_replaces_the_oauth_token_without_an_installed_event() {
     let inst = store.get(ESHOP).await.unwrap().expect("imported");
     assert_eq!(inst.oauth_token.expose(), second.oauth_token);
 
-    // No "installed" event for imports: the first event the addon sees is a real installation's.
-    h.install(&p, 7).await;
-    let event: Value = serde_json::from_slice(&h.events.next().await.body).unwrap();
-    assert_eq!(event["eshopId"], 7);
+    // No "installed" event for imports.
+    assert_first_event_is_a_real_installation(&mut h, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,18 +204,7 @@ async fn refresh_mints_a_new_token_and_delete_removes_the_installation() {
     // Cold (a restarted proxy, no token stored): one mint, not two.
     let store = h.store().await;
     let token = h.sim.create_eshop(8).oauth_token;
-    store
-        .upsert_installation(
-            &shoptet_proxy::store::NewInstallation {
-                eshop_id: 8,
-                eshop_url: None,
-                contact_email: None,
-                oauth_token: shoptet_proxy::secret::Secret::new(token),
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    common::import(&store, 8, &token).await;
     let r = admin(
         &h,
         &p,
@@ -394,10 +389,7 @@ async fn cli_import_obtains_a_signature_key_like_the_admin_import() {
     assert_eq!(hook["event"], "addon:approve");
     assert_eq!(hook["eshopId"], 9);
 
-    // The first event the addon sees is a real installation's.
-    h.install(&p, 7).await;
-    let event: Value = serde_json::from_slice(&h.events.next().await.body).unwrap();
-    assert_eq!(event["eshopId"], 7);
+    assert_first_event_is_a_real_installation(&mut h, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

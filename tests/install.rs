@@ -5,13 +5,10 @@ mod common;
 
 use bytes::Bytes;
 use common::deploy::Deployment;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use shoptet_proxy::sim::testing::TestClient;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 const ESHOP: u64 = 222651;
 
@@ -136,22 +133,12 @@ async fn reinstall_with_a_new_code_replaces_the_oauth_token() {
 
 /// An OAuth server that accepts the connection and answers only after 10 s.
 async fn slow_oauth_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                let grant = r#"{"access_token":"late","eshopId":1,"eshopUrl":"https://late/"}"#;
-                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(grant))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
-        }
-    });
-    format!("http://{addr}")
+    common::stand_in(|_req| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let grant = r#"{"access_token":"late","eshopId":1,"eshopUrl":"https://late/"}"#;
+        Response::new(Full::new(Bytes::from(grant)))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,36 +215,21 @@ struct HeldAddon {
 impl HeldAddon {
     async fn start() -> HeldAddon {
         use http_body_util::BodyExt as _;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
         let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
         let permits = release.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (tx, permits) = (tx.clone(), permits.clone());
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (tx, permits) = (tx.clone(), permits.clone());
-                        async move {
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let _ = tx.send(body.unwrap_or_default());
-                            if let Ok(p) = permits.acquire().await {
-                                p.forget();
-                            }
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::new()),
-                            ))
-                        }
-                    });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-                );
+        let url = common::stand_in(move |req: http::Request<hyper::body::Incoming>| {
+            let (tx, permits) = (tx.clone(), permits.clone());
+            async move {
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let _ = tx.send(body.unwrap_or_default());
+                if let Ok(p) = permits.acquire().await {
+                    p.forget();
+                }
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()))
             }
-        });
+        })
+        .await;
         HeldAddon {
             url,
             arrived,

@@ -319,6 +319,31 @@ pub fn minted(sim: &SimHandle, eshop_id: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// A stand-in HTTP/1 server on a loopback port (an OAuth server, an API or an addon that
+/// misbehaves as a test needs): `handle` answers every request. Returns its base URL.
+pub async fn stand_in<F, Fut>(handle: F) -> String
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(LOOPBACK).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let answer = handle(req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    url
+}
+
 /// Asserts a proxy-made error: status, `errorCode`, and the exact envelope shape.
 pub fn assert_proxy_error(r: &TestResponse, status: u16, code: &str) {
     assert_eq!(r.status.as_u16(), status, "{code}: {}", r.text());
