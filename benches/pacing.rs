@@ -6,10 +6,11 @@
 //! `CARGO_PROFILE_RELEASE_LTO=false cargo bench --bench pacing [-- --secs 60]`
 //! (each of the four runs lasts `--secs`).
 
-#[path = "../tests/load/mod.rs"]
-mod load;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-use load::{Bucket, Clients, Harness, Load};
+use common::load::{Bucket, Clients, Load};
+use common::Harness;
 use std::time::Duration;
 
 const CAPACITY: u32 = 200;
@@ -80,7 +81,7 @@ async fn run(duration: Duration) {
          e-shop, bucket_reserve 10); each run {secs} s"
     );
     for pacing in [true, false] {
-        let h = Harness::start(bucket(pacing), &[FLOODED]).await;
+        let h = Harness::with_bucket(bucket(pacing), &[FLOODED]).await;
         let load = h.fire(flood(FLOODED, duration)).await;
         let m = h.metrics();
         println!(
@@ -97,9 +98,9 @@ async fn run(duration: Duration) {
             load.ok(),
             (load.ok() as f64 - f64::from(CAPACITY)) / secs,
         );
-        h.shutdown().await;
+        h.stop().await;
     }
-    let h = Harness::start(bucket(true), &[FLOODED, LIGHT]).await;
+    let h = Harness::with_bucket(bucket(true), &[FLOODED, LIGHT]).await;
     let alone = h.fire(light(duration)).await;
     let (flooded, beside) = tokio::join!(h.fire(flood(FLOODED, duration)), h.fire(light(duration)));
     println!(
@@ -109,5 +110,5 @@ async fn run(duration: Duration) {
     latencies("light e-shop alone (4 req/s)", &alone);
     latencies("light e-shop beside the flood", &beside);
     latencies("flooded e-shop (20 clients)", &flooded);
-    h.shutdown().await;
+    h.stop().await;
 }

@@ -1,19 +1,19 @@
 //! The admin API (SPEC B7) and the `eshops`/`store` commands of the binary, on one store.
 
-mod install_common;
+mod common;
 
-use install_common::{Harness, Proxy, ADMIN_TOKEN};
+use common::deploy::{Deployment, Proxy, ADMIN_TOKEN};
 use serde_json::{json, Value};
 use shoptet_proxy::sim::testing::TestResponse;
 use shoptet_proxy::store::Keyring;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const ESHOP: u64 = 222651;
 const BEARER: &str = "Bearer admin-token-for-tests";
 
 async fn admin(
-    h: &Harness,
+    h: &Deployment,
     p: &Proxy,
     method: &str,
     path: &str,
@@ -39,9 +39,17 @@ async fn admin(
         .await
 }
 
+/// Installs e-shop 7 through Shoptet and checks that its "installed" event is the first the addon
+/// sees (imports announce nothing).
+async fn assert_first_event_is_a_real_installation(h: &mut Deployment, p: &Proxy) {
+    h.install(p, 7).await;
+    let event: Value = serde_json::from_slice(&h.events.next().await.body).unwrap();
+    assert_eq!(event["eshopId"], 7);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eshop_list_has_exactly_the_documented_fields_and_no_secret() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     let sim = h.install(&p, ESHOP).await;
     assert_eq!(sim["installStatus"], 200);
@@ -104,7 +112,7 @@ async fn eshop_list_has_exactly_the_documented_fields_and_no_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_replaces_the_oauth_token_without_an_installed_event() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     let first = h.sim.create_eshop(ESHOP);
     let body = json!({"access_token": first.oauth_token, "expires_in": null, "token_type": "Bearer",
@@ -175,15 +183,13 @@ async fn import_replaces_the_oauth_token_without_an_installed_event() {
     let inst = store.get(ESHOP).await.unwrap().expect("imported");
     assert_eq!(inst.oauth_token.expose(), second.oauth_token);
 
-    // No "installed" event for imports: the first event the addon sees is a real installation's.
-    h.install(&p, 7).await;
-    let event: Value = serde_json::from_slice(&h.events.next().await.body).unwrap();
-    assert_eq!(event["eshopId"], 7);
+    // No "installed" event for imports.
+    assert_first_event_is_a_real_installation(&mut h, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_mints_a_new_token_and_delete_removes_the_installation() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     h.install(&p, ESHOP).await;
     assert_eq!(h.minted(ESHOP), 1);
@@ -198,18 +204,7 @@ async fn refresh_mints_a_new_token_and_delete_removes_the_installation() {
     // Cold (a restarted proxy, no token stored): one mint, not two.
     let store = h.store().await;
     let token = h.sim.create_eshop(8).oauth_token;
-    store
-        .upsert_installation(
-            &shoptet_proxy::store::NewInstallation {
-                eshop_id: 8,
-                eshop_url: None,
-                contact_email: None,
-                oauth_token: shoptet_proxy::secret::Secret::new(token),
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    common::import(&store, 8, &token).await;
     let r = admin(
         &h,
         &p,
@@ -239,7 +234,7 @@ async fn refresh_mints_a_new_token_and_delete_removes_the_installation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_writes_need_the_admin_token() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     h.install(&p, ESHOP).await;
     let import = json!({"access_token": "x"});
@@ -291,17 +286,10 @@ async fn admin_writes_need_the_admin_token() {
     assert_ne!(inst.oauth_token.expose(), "x");
 }
 
-/// Runs the binary with `config`, without the `SHOPTET_PROXY_*` variables of the test process
-/// (cargo sets some for the build); panics unless it succeeds.
+/// Runs the binary with `config` in `dir` and a clean environment; panics unless it succeeds.
 fn run_with(config: &Path, dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
-    cmd.arg("--config").arg(config).args(args).current_dir(dir);
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("SHOPTET_PROXY_") || name == "CREDENTIALS_DIRECTORY" {
-            cmd.env_remove(name.as_ref());
-        }
-    }
+    let mut cmd = common::binary::command(dir);
+    cmd.arg("--config").arg(config).args(args);
     let out = cmd.output().expect("run shoptet-proxy");
     assert!(
         out.status.success(),
@@ -311,13 +299,13 @@ fn run_with(config: &Path, dir: &Path, args: &[&str]) -> Output {
     out
 }
 
-fn run(h: &Harness, args: &[&str]) -> Output {
+fn run(h: &Deployment, args: &[&str]) -> Output {
     run_with(&h.write_config(), h.dir.path(), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eshops_commands_work_on_the_store() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     h.install(&p, ESHOP).await;
     let token = h.sim.create_eshop(9).oauth_token;
@@ -361,7 +349,7 @@ async fn eshops_commands_work_on_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_import_obtains_a_signature_key_like_the_admin_import() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     let token = h.sim.create_eshop(9).oauth_token;
     std::fs::write(h.path("oauth-token"), &token).unwrap();
@@ -401,15 +389,12 @@ async fn cli_import_obtains_a_signature_key_like_the_admin_import() {
     assert_eq!(hook["event"], "addon:approve");
     assert_eq!(hook["eshopId"], 9);
 
-    // The first event the addon sees is a real installation's.
-    h.install(&p, 7).await;
-    let event: Value = serde_json::from_slice(&h.events.next().await.body).unwrap();
-    assert_eq!(event["eshopId"], 7);
+    assert_first_event_is_a_real_installation(&mut h, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_rekey_lets_the_new_key_alone_read_everything() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     h.install(&p, ESHOP).await;
     p.stop().await;

@@ -1,26 +1,21 @@
 //! The built binary's command line: exit codes, messages and output that operators rely on.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::Engine as _;
 
-/// Runs the binary in `dir` (so no stray ./config.toml is picked up) with a clean
-/// `SHOPTET_PROXY_*`/`CREDENTIALS_DIRECTORY` environment.
+/// Runs the binary in `dir` with a clean environment (see [`common::binary::command`]).
 fn run(dir: &Path, args: &[&str]) -> Output {
     run_env(dir, args, &[])
 }
 
 /// [`run`] with `env` added to the cleaned environment.
 fn run_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
-    cmd.args(args).current_dir(dir);
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("SHOPTET_PROXY_") || name == "CREDENTIALS_DIRECTORY" {
-            cmd.env_remove(name.as_ref());
-        }
-    }
+    let mut cmd = common::binary::command(dir);
+    cmd.args(args);
     cmd.envs(env.iter().copied());
     cmd.output().expect("run shoptet-proxy")
 }

@@ -8,99 +8,42 @@
 //! Malformed HTTP/1 is written with raw `TcpStream`s, since a real client library refuses to
 //! send it.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::{Harness, ESHOP};
 use http::{Request, StatusCode};
-use shoptet_proxy::app::{self, Running};
-use shoptet_proxy::config::{Config, Secret};
 use shoptet_proxy::server::Limits;
 use shoptet_proxy::sim::testing::{self, TestClient};
 use shoptet_proxy::sim::{SimConfig, SimHandle};
-use shoptet_proxy::store::{Keyring, NewInstallation, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const ESHOP: u64 = 222651;
 /// Upper bound for anything the proxy should answer (or close) promptly.
 const PROMPT: Duration = Duration::from_secs(10);
 
-struct Harness {
-    sim: SimHandle,
-    proxy: Running,
-    client: TestClient,
-    _dir: tempfile::TempDir,
+/// The simulator with `ESHOP` installed and a proxy in front of it whose listeners have `limits`.
+async fn start_with_limits(limits: Limits) -> Harness {
+    let h = Harness::with_limits(SimConfig::default(), limits).await;
+    h.install(ESHOP).await;
+    h
 }
 
-impl Harness {
-    async fn start() -> Harness {
-        Harness::with_limits(Limits::default()).await
-    }
+async fn start() -> Harness {
+    start_with_limits(Limits::default()).await
+}
 
-    async fn with_limits(limits: Limits) -> Harness {
-        let sim = testing::start(SimConfig::default()).await;
-        let inst = sim.create_eshop(ESHOP);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cfg_path = dir.path().join("config.toml");
-        let toml = format!(
-            "[shoptet]\napi_url = \"{base}\"\npartner_url = \"{base}\"\n\
-             client_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
-             [proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [store]\nurl = \"sqlite://{db}\"\n",
-            base = sim.base_url(),
-            db = dir.path().join("proxy.db").display(),
-        );
-        std::fs::write(&cfg_path, toml).expect("write config");
-        let cfg = Config::load_from(Some(&cfg_path), &[]).expect("config loads");
-        let store = Store::open(&cfg.store.url, Keyring::generate())
-            .await
-            .expect("store opens");
-        store
-            .upsert_installation(
-                &NewInstallation {
-                    eshop_id: ESHOP,
-                    eshop_url: None,
-                    contact_email: None,
-                    oauth_token: Secret::new(inst.oauth_token),
-                },
-                None,
-            )
-            .await
-            .expect("installation stored");
-        let proxy = app::start_with_limits(cfg, store, limits)
-            .await
-            .expect("proxy starts");
-        Harness {
-            sim,
-            proxy,
-            client: TestClient::new(),
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.proxy.proxy_addr
-    }
-
-    /// A well-formed tagged request gets Shoptet's 200 through the proxy.
-    async fn assert_still_serving(&self) {
-        let url = format!("http://{}/api/eshop", self.addr());
-        let r = tokio::time::timeout(
-            PROMPT,
-            self.client
-                .get(&url, &[("x-shoptet-eshop-id", &ESHOP.to_string())]),
-        )
+/// A well-formed tagged request gets Shoptet's 200 through the proxy.
+async fn assert_still_serving(h: &Harness) {
+    let r = tokio::time::timeout(PROMPT, h.get(ESHOP, "/api/eshop"))
         .await
         .expect("a normal request is answered in time");
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    }
-
-    /// Paths (with query) of every /api request the simulator has seen.
-    async fn sim_paths(&self) -> Vec<String> {
-        sim_paths(&self.client, &self.sim).await
-    }
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
 
+/// Paths (with query) of every /api request `sim` has seen.
 async fn sim_paths(client: &TestClient, sim: &SimHandle) -> Vec<String> {
     let r = client
         .get(&format!("{}/sim/requests", sim.base_url()), &[])
@@ -160,12 +103,12 @@ fn get(path: &str, extra: &str) -> Vec<u8> {
 #[tokio::test]
 async fn slowloris_trickling_headers_is_cut_off_after_the_header_read_timeout() {
     let timeout = Duration::from_millis(300);
-    let h = Harness::with_limits(Limits {
+    let h = start_with_limits(Limits {
         header_read_timeout: timeout,
         ..Limits::default()
     })
     .await;
-    let mut conn = TcpStream::connect(h.addr()).await.expect("connect");
+    let mut conn = TcpStream::connect(h.proxy_addr).await.expect("connect");
     let started = Instant::now();
     conn.write_all(b"GET /api/eshop HTTP/1.1\r\nHost: proxy\r\n")
         .await
@@ -195,7 +138,7 @@ async fn slowloris_trickling_headers_is_cut_off_after_the_header_read_timeout() 
         closed_after >= timeout,
         "cut before the timeout: {closed_after:?}"
     );
-    h.assert_still_serving().await;
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
@@ -203,21 +146,21 @@ async fn idle_and_half_open_connections_do_not_block_a_normal_request() {
     // Few slots and a short head timeout: the idle connections fill every slot many times over,
     // so a normal request is served only because idle connections are cut, not because there
     // is room to spare.
-    let h = Harness::with_limits(Limits {
+    let h = start_with_limits(Limits {
         header_read_timeout: Duration::from_millis(300),
         max_connections: 8,
     })
     .await;
     let mut idle = Vec::new();
     for i in 0..32 {
-        let mut c = TcpStream::connect(h.addr()).await.expect("connect");
+        let mut c = TcpStream::connect(h.proxy_addr).await.expect("connect");
         if i % 2 == 1 {
             // Half a request line, then silence.
             c.write_all(b"GET /api/ord").await.expect("partial write");
         }
         idle.push(c);
     }
-    h.assert_still_serving().await;
+    assert_still_serving(&h).await;
     for mut c in idle {
         // Every idle connection is eventually closed by the proxy (read_until_closed bounds it).
         let got = read_until_closed(&mut c).await;
@@ -226,42 +169,42 @@ async fn idle_and_half_open_connections_do_not_block_a_normal_request() {
             "idle connection got {got:?}"
         );
     }
-    h.assert_still_serving().await;
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
 async fn oversized_headers_get_431_or_a_closed_connection() {
-    let h = Harness::start().await;
+    let h = start().await;
     let huge = format!("X-Big: {}\r\n", "a".repeat(100 * 1024));
-    let got = raw_exchange(h.addr(), &get("/api/eshop", &huge)).await;
+    let got = raw_exchange(h.proxy_addr, &get("/api/eshop", &huge)).await;
     let s = statuses(&got);
     assert!(s.is_empty() || s == [431], "{got}");
     let many: String = (0..2000).map(|i| format!("X-H{i}: {i:040}\r\n")).collect();
-    let got = raw_exchange(h.addr(), &get("/api/eshop", &many)).await;
+    let got = raw_exchange(h.proxy_addr, &get("/api/eshop", &many)).await;
     let s = statuses(&got);
     assert!(s.is_empty() || s == [431], "{got}");
-    assert!(h.sim_paths().await.is_empty());
-    h.assert_still_serving().await;
+    assert!(sim_paths(&h.client, &h.sim).await.is_empty());
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
 async fn oversized_body_is_refused_with_413_before_it_is_read() {
-    let h = Harness::start().await;
+    let h = start().await;
     let req = format!(
         "POST /api/orders HTTP/1.1\r\nHost: proxy\r\nX-Shoptet-Eshop-Id: {ESHOP}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{",
         64 * 1024 * 1024 + 1
     );
-    let got = raw_exchange(h.addr(), req.as_bytes()).await;
+    let got = raw_exchange(h.proxy_addr, req.as_bytes()).await;
     assert_eq!(statuses(&got), [413], "{got}");
     assert!(got.contains("proxy-body-too-large"), "{got}");
-    assert!(h.sim_paths().await.is_empty());
-    h.assert_still_serving().await;
+    assert!(sim_paths(&h.client, &h.sim).await.is_empty());
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
 async fn conflicting_framing_cannot_smuggle_a_second_request() {
-    let h = Harness::start().await;
+    let h = start().await;
     let smuggled =
         format!("GET /api/smuggled HTTP/1.1\r\nHost: proxy\r\nX-Shoptet-Eshop-Id: {ESHOP}\r\n\r\n");
     // CL.TE and TE.CL: whichever framing a parser picks, the rest must not become a request.
@@ -295,13 +238,13 @@ async fn conflicting_framing_cannot_smuggle_a_second_request() {
         ("obs-fold", &obs_fold),
         ("Transfer-Encoding without chunked", &te_not_chunked),
     ] {
-        let got = raw_exchange(h.addr(), req.as_bytes()).await;
+        let got = raw_exchange(h.proxy_addr, req.as_bytes()).await;
         let s = statuses(&got);
         // At most the first request is answered, never the smuggled one, and only
         // a complete, unambiguous request may get more than a 400.
         assert!(s.len() <= 1, "{name}: {got}");
         assert!(s.iter().all(|c| *c < 500), "{name}: {got}");
-        let paths = h.sim_paths().await;
+        let paths = sim_paths(&h.client, &h.sim).await;
         assert!(
             !paths.iter().any(|p| p.contains("smuggled")),
             "{name}: the simulator saw {paths:?}"
@@ -312,36 +255,36 @@ async fn conflicting_framing_cannot_smuggle_a_second_request() {
         ("obs-fold", &obs_fold),
         ("Transfer-Encoding without chunked", &te_not_chunked),
     ] {
-        let got = raw_exchange(h.addr(), req.as_bytes()).await;
+        let got = raw_exchange(h.proxy_addr, req.as_bytes()).await;
         let s = statuses(&got);
         assert!(s.is_empty() || s == [400], "{name}: {got}");
     }
-    h.assert_still_serving().await;
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
 async fn invalid_utf8_in_a_header_is_forwarded_or_refused_but_never_a_5xx() {
-    let h = Harness::start().await;
+    let h = start().await;
     let mut req = get("/api/eshop", "");
     let at = req.len() - 2;
     req.splice(at..at, b"X-Note: caf\xe9 \xff\xfe\r\n".iter().copied());
-    let got = raw_exchange(h.addr(), &req).await;
+    let got = raw_exchange(h.proxy_addr, &req).await;
     let s = statuses(&got);
     assert!(s == [200] || s == [400] || s.is_empty(), "{got}");
     // Invalid UTF-8 in the e-shop tag itself is a bad tag, not a server error.
     let got = raw_exchange(
-        h.addr(),
+        h.proxy_addr,
         b"GET /api/eshop HTTP/1.1\r\nHost: proxy\r\nX-Shoptet-Eshop-Id: 22\xff\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(statuses(&got), [400], "{got}");
     assert!(got.contains("proxy-invalid-eshop-id"), "{got}");
-    h.assert_still_serving().await;
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
 async fn path_traversal_and_encoded_slashes_are_404() {
-    let h = Harness::start().await;
+    let h = start().await;
     for path in [
         "/api/../sim/requests",
         "/api/%2e%2e/sim/config",
@@ -356,17 +299,17 @@ async fn path_traversal_and_encoded_slashes_are_404() {
         "/sim/config",
         "/admin/eshops",
     ] {
-        let got = raw_exchange(h.addr(), &get(path, "")).await;
+        let got = raw_exchange(h.proxy_addr, &get(path, "")).await;
         assert_eq!(statuses(&got), [404], "{path}: {got}");
         assert!(got.contains("proxy-not-found"), "{path}: {got}");
     }
-    assert!(h.sim_paths().await.is_empty());
-    h.assert_still_serving().await;
+    assert!(sim_paths(&h.client, &h.sim).await.is_empty());
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
 async fn absolute_form_uri_and_host_header_cannot_reach_another_host() {
-    let h = Harness::start().await;
+    let h = start().await;
     let other = testing::start(SimConfig::default()).await;
     other.create_eshop(ESHOP);
     let o = other.addr();
@@ -385,7 +328,7 @@ async fn absolute_form_uri_and_host_header_cannot_reach_another_host() {
         ),
     ];
     for req in &requests {
-        let got = raw_exchange(h.addr(), req.as_bytes()).await;
+        let got = raw_exchange(h.proxy_addr, req.as_bytes()).await;
         let s = statuses(&got);
         assert!(
             s == [200] || (s.len() == 1 && (400..500).contains(&s[0])),
@@ -394,30 +337,33 @@ async fn absolute_form_uri_and_host_header_cannot_reach_another_host() {
     }
     assert_eq!(other.stats().calls.api, 0, "the other host was reached");
     assert!(sim_paths(&h.client, &other).await.is_empty());
-    assert!(!h.sim_paths().await.is_empty(), "nothing reached the API");
-    h.assert_still_serving().await;
+    assert!(
+        !sim_paths(&h.client, &h.sim).await.is_empty(),
+        "nothing reached the API"
+    );
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
 async fn connect_is_refused_with_a_4xx() {
-    let h = Harness::start().await;
+    let h = start().await;
     let other = testing::start(SimConfig::default()).await;
     let o = other.addr();
     let req = format!(
         "CONNECT {o} HTTP/1.1\r\nHost: {o}\r\nX-Shoptet-Eshop-Id: {ESHOP}\r\nConnection: close\r\n\r\n"
     );
-    let got = raw_exchange(h.addr(), req.as_bytes()).await;
+    let got = raw_exchange(h.proxy_addr, req.as_bytes()).await;
     let s = statuses(&got);
     assert!(s.len() == 1 && (400..500).contains(&s[0]), "{got}");
     assert_eq!(other.stats().calls.api, 0);
-    assert!(h.sim_paths().await.is_empty());
-    h.assert_still_serving().await;
+    assert!(sim_paths(&h.client, &h.sim).await.is_empty());
+    assert_still_serving(&h).await;
 }
 
 #[tokio::test]
 async fn http2_rapid_reset_does_not_stop_other_clients() {
-    let h = Harness::start().await;
-    let addr = h.addr();
+    let h = start().await;
+    let addr = h.proxy_addr;
     let attack = tokio::spawn(async move {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
@@ -428,10 +374,10 @@ async fn http2_rapid_reset_does_not_stop_other_clients() {
         sent
     });
     // Served while the attack runs, and after it.
-    h.assert_still_serving().await;
+    assert_still_serving(&h).await;
     let sent = attack.await.expect("attack task");
     assert!(sent > 0, "no stream was opened");
-    h.assert_still_serving().await;
+    assert_still_serving(&h).await;
     // The proxy's HTTP/2 side still works for a well-behaved client.
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");

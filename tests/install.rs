@@ -1,23 +1,20 @@
 //! The install callback (SPEC B5) end to end against the simulator: code exchange, encrypted
 //! storage, the signature key, the "installed" event, the 5 s budget, allowlists and TLS.
 
-mod install_common;
+mod common;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use common::deploy::Deployment;
+use http::Response;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use install_common::Harness;
 use shoptet_proxy::sim::testing::TestClient;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 const ESHOP: u64 = 222651;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_stores_the_installation_and_tells_the_addon() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     let sim = h.install(&p, ESHOP).await;
     assert_eq!(sim["installStatus"], 200, "{sim}");
@@ -71,7 +68,7 @@ async fn install_stores_the_installation_and_tells_the_addon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_code_is_rejected_and_changes_nothing() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     let sim = h.install(&p, ESHOP).await;
     assert_eq!(sim["installStatus"], 200, "{sim}");
@@ -103,7 +100,7 @@ async fn reused_code_is_rejected_and_changes_nothing() {
 
 #[tokio::test]
 async fn missing_code_is_a_bad_request() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     for path in ["/install", "/install?code=", "/install?other=1"] {
         let r = h.http.get(&p.public_url(path), &[]).await;
@@ -114,7 +111,7 @@ async fn missing_code_is_a_bad_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reinstall_with_a_new_code_replaces_the_oauth_token() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     let first = h.install(&p, ESHOP).await;
     assert_eq!(p.api_get(&h.http, ESHOP).await.status, 200);
@@ -136,27 +133,17 @@ async fn reinstall_with_a_new_code_replaces_the_oauth_token() {
 
 /// An OAuth server that accepts the connection and answers only after 10 s.
 async fn slow_oauth_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                let grant = r#"{"access_token":"late","eshopId":1,"eshopUrl":"https://late/"}"#;
-                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(grant))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
-        }
-    });
-    format!("http://{addr}")
+    common::stand_in(|_req| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let grant = r#"{"access_token":"late","eshopId":1,"eshopUrl":"https://late/"}"#;
+        Response::new(Full::new(Bytes::from(grant)))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_oauth_server_fails_the_install_within_five_seconds() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let mut cfg = h.config();
     cfg.shoptet.partner_url = slow_oauth_server().await.parse().expect("url");
     let p = h.start_with(cfg).await;
@@ -171,7 +158,7 @@ async fn slow_oauth_server_fails_the_install_within_five_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_allowlist_admits_listed_networks_only() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let nets = |s: &[&str]| {
         s.iter()
             .map(|n| n.parse().expect("cidr"))
@@ -221,7 +208,7 @@ async fn install_allowlist_admits_listed_networks_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_works_over_tls() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
     std::fs::write(h.path("tls.crt"), ck.cert.pem()).expect("write cert");
     std::fs::write(h.path("tls.key"), ck.key_pair.serialize_pem()).expect("write key");
@@ -254,7 +241,7 @@ async fn install_works_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_api_does_not_delay_the_install_answer() {
-    let h = Harness::new().await;
+    let h = Deployment::new().await;
     let p = h.start().await;
     // renew-signature-key answers after 6 s; the installation answers within Shoptet's 5 s anyway.
     h.sim.set_config(|c| c.latency = Duration::from_secs(6));

@@ -3,13 +3,12 @@
 //! (OAuth token, API token, client secret, webhook signature key, store key, admin token, client
 //! key) appears anywhere in stdout or stderr, error paths included.
 
-mod ops_support;
+mod common;
 
+use common::binary::{Secrets, Served, Setup};
 use http::{Method, StatusCode};
-use ops_support::{Secrets, Served};
 use serde_json::{json, Value};
 use shoptet_proxy::sim::testing::{TestClient, WebhookReceiver};
-use shoptet_proxy::sim::Simulator;
 use std::time::Duration;
 
 const ESHOP: u64 = 314159;
@@ -34,23 +33,15 @@ fn holds_api_token(text: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_are_json_with_access_lines_and_never_hold_a_secret() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = Secrets::generate();
-    let sim = Simulator::start(
-        ops_support::sim_config(&secrets),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("simulator");
     let mut addon = WebhookReceiver::start().await;
-    let config =
-        ops_support::write_config(dir.path(), &sim.base_url(), &addon.url(""), &secrets, "5s");
-    let served = Served::start(&config, "trace");
+    let setup = Setup::new(&addon.url(""), "5s").await;
+    let secrets = &setup.secrets;
+    let served = Served::start(&setup.config, "trace");
     let http = TestClient::new();
-    let sim_url = sim.base_url();
+    let sim_url = setup.sim.base_url();
     let proxy = format!("http://{}", served.proxy);
     let admin = format!("http://{}", served.admin);
-    let auth = format!("Bearer {}", secrets.client_key);
+    let auth = setup.client_auth();
     let eshop = ESHOP.to_string();
     let as_addon = [
         ("proxy-authorization", auth.as_str()),
@@ -126,7 +117,9 @@ async fn trace_logs_are_json_with_access_lines_and_never_hold_a_secret() {
     );
 
     // A signed webhook (addon:suspend) verified and delivered to the addon.
-    sim.set_config(|c| c.addon_webhook_url = Some(format!("http://{}/webhooks", served.public)));
+    setup
+        .sim
+        .set_config(|c| c.addon_webhook_url = Some(format!("http://{}/webhooks", served.public)));
     let r = http
         .post_json(
             &format!("{sim_url}/sim/eshops/{ESHOP}/suspend"),
@@ -145,13 +138,13 @@ async fn trace_logs_are_json_with_access_lines_and_never_hold_a_secret() {
     assert!(status.success(), "exit status {status}; stderr: {err:?}");
 
     // Every secret the proxy held: read back from its store after it stopped.
-    let store = shoptet_proxy::store::Store::open(
-        &format!("sqlite://{}", dir.path().join("store.db").display()),
-        shoptet_proxy::store::Keyring::load(&dir.path().join("store.key"), &[]).expect("key"),
-    )
-    .await
-    .expect("store");
-    let inst = store.get(ESHOP).await.expect("get").expect("installed");
+    let inst = setup
+        .store()
+        .await
+        .get(ESHOP)
+        .await
+        .expect("get")
+        .expect("installed");
     let mut forbidden = secrets.all();
     forbidden.push(inst.oauth_token.expose().to_owned());
     forbidden.push(installed["oauthToken"].as_str().expect("oauth").to_owned());
@@ -251,19 +244,8 @@ fn json_lines(lines: &[String], stream: &str) -> Vec<Value> {
 fn serve_until_exit(
     config: &std::path::Path,
 ) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .current_dir(config.parent().expect("config dir"))
-        .env_remove("RUST_LOG")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("NOTIFY_SOCKET");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SHOPTET_PROXY_") {
-            cmd.env_remove(name);
-        }
-    }
+    let mut cmd = common::binary::command(config.parent().expect("config dir"));
+    cmd.arg("serve").arg("--config").arg(config);
     let out = cmd.output().expect("run serve");
     let lines = |b: &[u8]| {
         String::from_utf8_lossy(b)
@@ -278,7 +260,7 @@ fn serve_until_exit(
 async fn with_json_logs_even_a_failed_start_prints_only_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secrets = Secrets::generate();
-    let config = ops_support::write_config(
+    let config = common::binary::write_config(
         dir.path(),
         "http://127.0.0.1:9",
         "http://127.0.0.1:9",

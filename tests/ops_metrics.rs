@@ -3,15 +3,12 @@
 //! Grafana dashboard and the alert rules name is exported, the rules pass `promtool check rules`
 //! and their unit tests, and `/healthz`/`/readyz` answer as documented.
 
-mod ops_support;
+mod common;
 
-use ops_support::Secrets;
+use common::binary::Setup;
 use shoptet_proxy::app::{self, Running};
 use shoptet_proxy::config::Config;
-use shoptet_proxy::secret::Secret;
 use shoptet_proxy::sim::testing::{TestClient, WebhookReceiver};
-use shoptet_proxy::sim::{SimHandle, Simulator};
-use shoptet_proxy::store::{Keyring, NewInstallation, Store};
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -39,54 +36,24 @@ const REQUIRED: &[&str] = &[
 ];
 
 struct Harness {
-    _dir: tempfile::TempDir,
-    sim: SimHandle,
+    setup: Setup,
     _addon: WebhookReceiver,
     running: Running,
     http: TestClient,
-    client_key: String,
 }
 
+/// `ESHOP` installed and a proxy started in-process from the binary's config file.
 async fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = Secrets::generate();
-    let sim = Simulator::start(
-        ops_support::sim_config(&secrets),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("simulator");
-    let inst = sim.create_eshop(ESHOP);
     let addon = WebhookReceiver::start().await;
-    let path =
-        ops_support::write_config(dir.path(), &sim.base_url(), &addon.url(""), &secrets, "5s");
-    let cfg = Config::load_from(Some(&path), &[]).expect("config");
-    let store = Store::open(
-        &cfg.store.url,
-        Keyring::load(&dir.path().join("store.key"), &[]).expect("key"),
-    )
-    .await
-    .expect("store");
-    store
-        .upsert_installation(
-            &NewInstallation {
-                eshop_id: ESHOP,
-                eshop_url: None,
-                contact_email: None,
-                oauth_token: Secret::new(inst.oauth_token),
-            },
-            None,
-        )
-        .await
-        .expect("install");
-    let running = app::start(cfg, store).await.expect("start");
+    let setup = Setup::new(&addon.url(""), "5s").await;
+    setup.install(ESHOP).await;
+    let cfg = Config::load_from(Some(&setup.config), &[]).expect("config");
+    let running = app::start(cfg, setup.store().await).await.expect("start");
     Harness {
-        _dir: dir,
-        sim,
+        setup,
         _addon: addon,
         running,
         http: TestClient::new(),
-        client_key: secrets.client_key,
     }
 }
 
@@ -97,7 +64,7 @@ impl Harness {
 
     /// Some traffic: a normal call, a replay after revoked tokens, a not-installed e-shop.
     async fn traffic(&self, sim: &str) {
-        let auth = format!("Bearer {}", self.client_key);
+        let auth = self.setup.client_auth();
         let proxy = self.running.proxy_addr;
         for eshop in [ESHOP, ESHOP, ESHOP + 1] {
             let r = self
@@ -179,7 +146,7 @@ fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
 }
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> Option<(bool, String)> {
-    let promtool = ops_support::tool("promtool", REQUIRE)?;
+    let promtool = common::binary::tool("promtool", REQUIRE)?;
     let mut child = Command::new(promtool)
         .args(args)
         .current_dir(repo("systemd"))
@@ -205,7 +172,7 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> Option<(bool, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_scrape_has_every_required_family_and_passes_promtool() {
     let h = start().await;
-    h.traffic(&h.sim.base_url()).await;
+    h.traffic(&h.setup.sim.base_url()).await;
     let scrape = h.scrape().await;
     let found = families(&scrape);
     for name in REQUIRED {
@@ -228,7 +195,7 @@ async fn live_scrape_has_every_required_family_and_passes_promtool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alert_rules_name_only_exported_metrics() {
     let h = start().await;
-    h.traffic(&h.sim.base_url()).await;
+    h.traffic(&h.setup.sim.base_url()).await;
     let exported = families(&h.scrape().await);
     h.running.shutdown().await;
 

@@ -1,11 +1,10 @@
 //! SIGHUP reloads the configuration of the real binary: the log level changes at once, changes
 //! that need a restart are named in the log, and an invalid file changes nothing.
 
-mod ops_support;
+mod common;
 
-use ops_support::{Secrets, Served};
+use common::binary::{Served, Setup};
 use shoptet_proxy::sim::testing::{TestClient, WebhookReceiver};
-use shoptet_proxy::sim::Simulator;
 use std::time::Duration;
 
 /// `config.toml` with its `[log] level` replaced.
@@ -15,23 +14,15 @@ fn with_level(config: &str, level: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_changes_the_log_level_and_names_what_needs_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = Secrets::generate();
-    let sim = Simulator::start(
-        ops_support::sim_config(&secrets),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("simulator");
     let addon = WebhookReceiver::start().await;
-    let path =
-        ops_support::write_config(dir.path(), &sim.base_url(), &addon.url(""), &secrets, "5s");
-    let original = std::fs::read_to_string(&path).expect("config");
+    let setup = Setup::new(&addon.url(""), "5s").await;
+    let path = &setup.config;
+    let original = std::fs::read_to_string(path).expect("config");
     // Quiet: only the startup line, no access lines.
-    std::fs::write(&path, with_level(&original, "warn,shoptet_proxy::app=info")).expect("write");
-    let served = Served::start(&path, "");
+    std::fs::write(path, with_level(&original, "warn,shoptet_proxy::app=info")).expect("write");
+    let served = Served::start(path, "");
     let http = TestClient::new();
-    let auth = format!("Bearer {}", secrets.client_key);
+    let auth = setup.client_auth();
     let call = || {
         let url = format!("http://{}/eshops/1/api/eshop", served.proxy);
         let (http, auth) = (http.clone(), auth.clone());
@@ -44,7 +35,7 @@ async fn sighup_changes_the_log_level_and_names_what_needs_a_restart() {
 
     // Louder, plus a change that needs a restart.
     let louder = with_level(&original, "info").replace("[proxy]\n", "[proxy]\nmax_queue = 7\n");
-    std::fs::write(&path, louder).expect("write");
+    std::fs::write(path, louder).expect("write");
     served.signal("HUP");
     let changed = tokio::task::block_in_place(|| {
         served.wait_for("about the new level", |v| {
@@ -70,7 +61,7 @@ async fn sighup_changes_the_log_level_and_names_what_needs_a_restart() {
     assert_eq!(access["status"], 403);
 
     // A broken file is refused; the proxy keeps serving.
-    std::fs::write(&path, "[proxy]\nno_such_key = 1\n").expect("write");
+    std::fs::write(path, "[proxy]\nno_such_key = 1\n").expect("write");
     served.signal("HUP");
     tokio::task::block_in_place(|| {
         served.wait_for("refusing the invalid file", |v| {

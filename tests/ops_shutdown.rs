@@ -2,41 +2,15 @@
 //! not-ready, finishes every in-flight request and outbox delivery (or leaves it in the durable
 //! outbox for the next start) and exits 0; SIGINT does the same.
 
-mod ops_support;
+mod common;
 
-use ops_support::{Secrets, Served};
-use shoptet_proxy::secret::Secret;
+use common::binary::{Served, Setup};
 use shoptet_proxy::sim::testing::{TestClient, WebhookReceiver};
-use shoptet_proxy::sim::Simulator;
-use shoptet_proxy::store::{Keyring, NewInstallation, Store};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const ESHOP: u64 = 777001;
 const IN_FLIGHT: usize = 20;
-
-/// Stores an installation of `ESHOP` with `oauth_token` before the proxy starts.
-async fn install(dir: &Path, oauth_token: String) {
-    let store = Store::open(
-        &format!("sqlite://{}", dir.join("store.db").display()),
-        Keyring::load(&dir.join("store.key"), &[]).expect("key"),
-    )
-    .await
-    .expect("store");
-    store
-        .upsert_installation(
-            &NewInstallation {
-                eshop_id: ESHOP,
-                eshop_url: None,
-                contact_email: None,
-                oauth_token: Secret::new(oauth_token),
-            },
-            None,
-        )
-        .await
-        .expect("install");
-}
 
 /// Polls `check` until it holds, failing after 5 s: waiting for an observable event, not for time.
 async fn until<F, Fut>(what: &str, mut check: F)
@@ -63,27 +37,18 @@ async fn refused(addr: SocketAddr) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_at_sigterm_all_complete_and_the_exit_is_clean() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = Secrets::generate();
-    let mut sim_cfg = ops_support::sim_config(&secrets);
-    sim_cfg.per_token_concurrency = 0;
-    let sim = Simulator::start(sim_cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("simulator");
-    let inst = sim.create_eshop(ESHOP);
     let addon = WebhookReceiver::start().await;
-    let config =
-        ops_support::write_config(dir.path(), &sim.base_url(), &addon.url(""), &secrets, "10s");
-    install(dir.path(), inst.oauth_token.clone()).await;
+    let setup = Setup::with_sim(&addon.url(""), "10s", |c| c.per_token_concurrency = 0).await;
+    setup.install(ESHOP).await;
     let served = Served::start_with(
-        &config,
+        &setup.config,
         "info",
         &[("SHOPTET_PROXY_PROXY__MAX_IN_FLIGHT_PER_ESHOP", "20")],
     );
     let http = TestClient::new();
     let url = format!("http://{}/api/eshop", served.proxy);
     let admin = format!("http://{}", served.admin);
-    let auth = format!("Bearer {}", secrets.client_key);
+    let auth = setup.client_auth();
     let eshop = ESHOP.to_string();
 
     let requests: Vec<_> = (0..IN_FLIGHT)
@@ -145,30 +110,15 @@ async fn requests_in_flight_at_sigterm_all_complete_and_the_exit_is_clean() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_outlasting_shutdown_timeout_is_cut_and_the_exit_is_still_zero() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = Secrets::generate();
-    let sim = Simulator::start(
-        ops_support::sim_config(&secrets),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("simulator");
-    let inst = sim.create_eshop(ESHOP);
     let addon = WebhookReceiver::start().await;
-    let config = ops_support::write_config(
-        dir.path(),
-        &sim.base_url(),
-        &addon.url(""),
-        &secrets,
-        "500ms",
-    );
-    install(dir.path(), inst.oauth_token.clone()).await;
-    let served = Served::start(&config, "info");
+    let setup = Setup::new(&addon.url(""), "500ms").await;
+    setup.install(ESHOP).await;
+    let served = Served::start(&setup.config, "info");
     let http = TestClient::new();
     let admin = format!("http://{}", served.admin);
     let request = {
         let (http, url) = (http.clone(), format!("http://{}/api/eshop", served.proxy));
-        let auth = format!("Bearer {}", secrets.client_key);
+        let auth = setup.client_auth();
         tokio::spawn(async move {
             http.try_request(
                 http::Method::GET,
@@ -206,24 +156,15 @@ async fn a_request_outlasting_shutdown_timeout_is_cut_and_the_exit_is_still_zero
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_once_listening_and_stopping_at_sigterm() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = Secrets::generate();
-    let sim = Simulator::start(
-        ops_support::sim_config(&secrets),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("simulator");
     let addon = WebhookReceiver::start().await;
-    let config =
-        ops_support::write_config(dir.path(), &sim.base_url(), &addon.url(""), &secrets, "10s");
-    let socket_path = dir.path().join("notify.sock");
+    let setup = Setup::new(&addon.url(""), "10s").await;
+    let socket_path = setup.dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
     socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let served = Served::start_with(
-        &config,
+        &setup.config,
         "info",
         &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8 path"))],
     );
@@ -253,18 +194,9 @@ async fn systemd_hears_ready_once_listening_and_stopping_at_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_an_idle_proxy_with_status_zero() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = Secrets::generate();
-    let sim = Simulator::start(
-        ops_support::sim_config(&secrets),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("simulator");
     let addon = WebhookReceiver::start().await;
-    let config =
-        ops_support::write_config(dir.path(), &sim.base_url(), &addon.url(""), &secrets, "10s");
-    let served = Served::start(&config, "info");
+    let setup = Setup::new(&addon.url(""), "10s").await;
+    let served = Served::start(&setup.config, "info");
     let proxy = served.proxy;
     served.signal("INT");
     let (status, _, err) = served.finish(Duration::from_secs(10));
@@ -283,36 +215,21 @@ struct HeldAddon {
 impl HeldAddon {
     async fn start() -> HeldAddon {
         use http_body_util::BodyExt as _;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
         let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
         let permits = release.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (tx, permits) = (tx.clone(), permits.clone());
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (tx, permits) = (tx.clone(), permits.clone());
-                        async move {
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let _ = tx.send(body.unwrap_or_default());
-                            if let Ok(p) = permits.acquire().await {
-                                p.forget();
-                            }
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::new()),
-                            ))
-                        }
-                    });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-                );
+        let url = common::stand_in(move |req: http::Request<hyper::body::Incoming>| {
+            let (tx, permits) = (tx.clone(), permits.clone());
+            async move {
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let _ = tx.send(body.unwrap_or_default());
+                if let Ok(p) = permits.acquire().await {
+                    p.forget();
+                }
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::new()))
             }
-        });
+        })
+        .await;
         HeldAddon {
             url,
             arrived,
@@ -332,19 +249,11 @@ impl HeldAddon {
 /// A proxy (`serve`) with `ESHOP` installed through its public listener, the "installed" event
 /// taken, and a signed `addon:approve` webhook from the simulator arriving at the addon and held
 /// there unanswered.
-async fn webhook_held_at_the_addon(
-    dir: &Path,
-) -> (Served, HeldAddon, shoptet_proxy::sim::SimHandle, Secrets) {
-    let secrets = Secrets::generate();
-    let sim = Simulator::start(
-        ops_support::sim_config(&secrets),
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("simulator");
+async fn webhook_held_at_the_addon() -> (Served, HeldAddon, Setup) {
     let mut addon = HeldAddon::start().await;
-    let config = ops_support::write_config(dir, &sim.base_url(), &addon.url, &secrets, "10s");
-    let served = Served::start(&config, "info");
+    let setup = Setup::new(&addon.url, "10s").await;
+    let sim = &setup.sim;
+    let served = Served::start(&setup.config, "info");
     let http = TestClient::new();
     let public = format!("http://{}", served.public);
     let r = http
@@ -367,25 +276,21 @@ async fn webhook_held_at_the_addon(
         .await;
     assert!(r.status.is_success(), "{}", r.text());
     assert_eq!(addon.next().await["event"], "addon:approve");
-    (served, addon, sim, secrets)
+    (served, addon, setup)
 }
 
-async fn outbox_depth(dir: &Path) -> u64 {
-    Store::open(
-        &format!("sqlite://{}", dir.join("store.db").display()),
-        Keyring::load(&dir.join("store.key"), &[]).expect("key"),
-    )
-    .await
-    .expect("store")
-    .outbox_depth()
-    .await
-    .expect("outbox depth")
+async fn outbox_depth(setup: &Setup) -> u64 {
+    setup
+        .store()
+        .await
+        .outbox_depth()
+        .await
+        .expect("outbox depth")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_delivery_in_flight_at_sigterm_completes_before_the_exit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (served, mut addon, _sim, _secrets) = webhook_held_at_the_addon(dir.path()).await;
+    let (served, mut addon, setup) = webhook_held_at_the_addon().await;
     let http = TestClient::new();
     let admin = format!("http://{}", served.admin);
 
@@ -402,29 +307,24 @@ async fn webhook_delivery_in_flight_at_sigterm_completes_before_the_exit() {
     addon.release.add_permits(1);
     let (status, _, err) = served.finish(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}: {err:?}");
-    assert_eq!(outbox_depth(dir.path()).await, 0, "delivered and recorded");
+    assert_eq!(outbox_depth(&setup).await, 0, "delivered and recorded");
     assert!(addon.arrived.try_recv().is_err(), "delivered once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_the_addon_never_answers_at_sigterm_is_delivered_after_the_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (served, mut addon, _sim, _secrets) = webhook_held_at_the_addon(dir.path()).await;
+    let (served, mut addon, setup) = webhook_held_at_the_addon().await;
     served.signal("TERM");
     // The addon never answers this attempt; the proxy gives up on it (4 s) and exits anyway.
     let (status, _, err) = served.finish(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}: {err:?}");
-    assert_eq!(
-        outbox_depth(dir.path()).await,
-        1,
-        "kept in the durable outbox"
-    );
+    assert_eq!(outbox_depth(&setup).await, 1, "kept in the durable outbox");
 
     addon.release.add_permits(2);
-    let served = Served::start(&dir.path().join("config.toml"), "info");
+    let served = Served::start(&setup.config, "info");
     assert_eq!(addon.next().await["event"], "addon:approve");
     until("the delivery to be recorded", || async {
-        outbox_depth(dir.path()).await == 0
+        outbox_depth(&setup).await == 0
     })
     .await;
     served.signal("TERM");

@@ -2,7 +2,7 @@
 //! sandbox scores an overall exposure of 1.5 or lower, and the config loads with exactly the
 //! credentials the unit hands over.
 
-mod ops_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,7 +57,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn unit_passes_systemd_analyze_verify() {
-    let Some(analyze) = ops_support::tool("systemd-analyze", REQUIRE) else {
+    let Some(analyze) = common::binary::tool("systemd-analyze", REQUIRE) else {
         return;
     };
     // verify insists that every Exec*= line names an executable; an alternate root holding the
@@ -107,7 +107,7 @@ fn unit_passes_systemd_analyze_verify() {
 
 #[test]
 fn unit_sandbox_exposure_is_at_most_one_and_a_half() {
-    let Some(analyze) = ops_support::tool("systemd-analyze", REQUIRE) else {
+    let Some(analyze) = common::binary::tool("systemd-analyze", REQUIRE) else {
         return;
     };
     let out = Command::new(analyze)

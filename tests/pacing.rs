@@ -2,9 +2,10 @@
 //! draining 10 a second for 6 s has the proportions of Shoptet's 200 drops at 10 a second for
 //! 60 s, minus the wait. `cargo bench --bench pacing` runs the full-size scenario.
 
-mod load;
+mod common;
 
-use load::{Bucket, Clients, Harness};
+use common::load::{Bucket, Clients};
+use common::Harness;
 use std::time::Duration;
 
 const CAPACITY: u32 = 30;
@@ -37,7 +38,7 @@ fn flood(eshop: u64, sizes: &'static [usize]) -> Clients {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooded_eshop_runs_at_the_drain_rate_without_a_single_429() {
-    let h = Harness::start(short_bucket(true), &[FLOODED]).await;
+    let h = Harness::with_bucket(short_bucket(true), &[FLOODED]).await;
     let load = h.fire(flood(FLOODED, &[0])).await;
     assert_eq!(h.sim_429(), 0, "the simulator answered 429");
     assert_eq!(load.failures(), 0);
@@ -49,12 +50,12 @@ async fn a_flooded_eshop_runs_at_the_drain_rate_without_a_single_429() {
         "{rate:.2} requests/s after the burst, drain {DRAIN}/s ({} answered)",
         load.ok()
     );
-    h.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_pacing_the_same_flood_meets_many_429s() {
-    let h = Harness::start(short_bucket(false), &[FLOODED]).await;
+    let h = Harness::with_bucket(short_bucket(false), &[FLOODED]).await;
     let load = h.fire(flood(FLOODED, &[0])).await;
     // Each 429 holds its slot for Shoptet's Retry-After (1–2 s) before the proxy retries the GET,
     // so the simulator counts them (clients see fewer): at least a few a second once full.
@@ -68,12 +69,12 @@ async fn without_pacing_the_same_flood_meets_many_429s() {
     // Every one of them was the bucket's (with Retry-After), and the proxy counted each.
     assert_eq!(h.metrics().bucket_429.get(), sim_429);
     assert_eq!(h.metrics().paced.get(), 0);
-    h.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_light_eshop_is_not_slowed_by_a_flooded_one() {
-    let h = Harness::start(short_bucket(true), &[FLOODED, LIGHT]).await;
+    let h = Harness::with_bucket(short_bucket(true), &[FLOODED, LIGHT]).await;
     let (flooded, light) = tokio::join!(
         h.fire(flood(FLOODED, &[0])),
         h.fire(Clients {
@@ -98,15 +99,15 @@ async fn a_light_eshop_is_not_slowed_by_a_flooded_one() {
         "light p99 {light_p99:?} vs flooded p50 {flooded_p50:?} ({} light requests)",
         light.ok()
     );
-    h.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_small_and_large_answers_still_meet_no_429() {
-    let h = Harness::start(short_bucket(true), &[FLOODED]).await;
+    let h = Harness::with_bucket(short_bucket(true), &[FLOODED]).await;
     let load = h.fire(flood(FLOODED, &[0, LARGE, 0, LARGE, LARGE])).await;
     assert_eq!(h.sim_429(), 0, "the simulator answered 429");
     assert_eq!(load.failures(), 0);
     assert!(load.ok() > 20, "{} answered", load.ok());
-    h.shutdown().await;
+    h.stop().await;
 }

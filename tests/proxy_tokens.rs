@@ -9,7 +9,6 @@ use common::{assert_proxy_error, sim_config, Harness, ESHOP};
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde_json::json;
 use shoptet_proxy::secret::Secret;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse};
@@ -422,37 +421,25 @@ enum OAuthFailure {
 /// An OAuth server that fails every call as `how` says; returns its base URL and when each call
 /// arrived.
 async fn failing_oauth_server(how: OAuthFailure) -> (url::Url, Calls) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
     let calls = Calls::default();
     let counted = calls.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
-                counted.record();
-                async move {
-                    let (status, body) = match how {
-                        OAuthFailure::ServerError => (500, "<html>Internal Server Error</html>"),
-                        OAuthFailure::Garbage => (200, "not JSON at all"),
-                        OAuthFailure::Silent => {
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                            (200, "{}")
-                        }
-                    };
-                    let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                    *r.status_mut() = StatusCode::from_u16(status).expect("status");
-                    Ok::<_, std::convert::Infallible>(r)
+    let url = common::stand_in(move |_req| {
+        counted.record();
+        async move {
+            let (status, body) = match how {
+                OAuthFailure::ServerError => (500, "<html>Internal Server Error</html>"),
+                OAuthFailure::Garbage => (200, "not JSON at all"),
+                OAuthFailure::Silent => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    (200, "{}")
                 }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-            );
+            };
+            let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *r.status_mut() = StatusCode::from_u16(status).expect("status");
+            r
         }
-    });
+    })
+    .await;
     (url.parse().expect("url"), calls)
 }
 
@@ -519,35 +506,23 @@ async fn uninstalled_eshop_is_403_not_installed() {
 
 /// An API that rejects every token with Shoptet's `invalid-token` 401; counts its requests.
 async fn api_rejecting_every_token() -> (url::Url, Calls) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
     let calls = Calls::default();
     let counted = calls.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            let svc = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
-                counted.record();
-                async move {
-                    let body = json!({"data": null, "errors": [{"errorCode": "invalid-token",
-                        "message": "Invalid access token.", "instance": "api-test"}]});
-                    let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())));
-                    *r.status_mut() = StatusCode::UNAUTHORIZED;
-                    r.headers_mut().insert(
-                        "x-request-id",
-                        http::HeaderValue::from_static("rejected-twice"),
-                    );
-                    Ok::<_, std::convert::Infallible>(r)
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+    let url = common::stand_in(move |_req| {
+        counted.record();
+        async move {
+            let body = json!({"data": null, "errors": [{"errorCode": "invalid-token",
+                "message": "Invalid access token.", "instance": "api-test"}]});
+            let mut r = http::Response::new(Full::new(Bytes::from(body.to_string())));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r.headers_mut().insert(
+                "x-request-id",
+                http::HeaderValue::from_static("rejected-twice"),
             );
+            r
         }
-    });
+    })
+    .await;
     (url.parse().expect("url"), calls)
 }
 

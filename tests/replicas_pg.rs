@@ -3,10 +3,11 @@
 //! and `/readyz` follows the database (SPEC B7).
 //! Needs `SHOPTET_PROXY_TEST_PG_URL` (see tests/pg.sh); unset, the test reports "skipped".
 
-mod install_common;
+mod common;
 
+use common::deploy::Deployment;
+use common::pg::pg_url;
 use futures_util::future::join_all;
-use install_common::{pg_url, Harness};
 use shoptet_proxy::secret::Secret;
 use shoptet_proxy::store::NewInstallation;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ const REQUESTS: usize = 300;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_mint_one_token_per_eshop() {
     let Some(url) = pg_url().await else { return };
-    let h = Harness::with_store(Some(url)).await;
+    let h = Deployment::with_store(Some(url)).await;
     // Three replicas each allow 3 requests per e-shop in flight, more than Shoptet's 3 per token;
     // that limit is not what this test is about.
     h.sim.set_config(|c| c.per_token_concurrency = 0);
@@ -62,7 +63,7 @@ async fn three_replicas_mint_one_token_per_eshop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn install_and_webhooks_work_across_replicas() {
     let Some(url) = pg_url().await else { return };
-    let mut h = Harness::with_store(Some(url)).await;
+    let mut h = Deployment::with_store(Some(url)).await;
     let a = h.start().await;
     let b = h.start().await;
     let sim = h.install(&a, ESHOPS[0]).await;
@@ -160,7 +161,7 @@ async fn readyz_is_503_while_the_database_is_unreachable() {
         parsed.port().unwrap_or(5432)
     );
     let relay = Relay::start(target.clone()).await;
-    let h = Harness::with_store(Some(url.replacen(&target, &relay.addr.to_string(), 1))).await;
+    let h = Deployment::with_store(Some(url.replacen(&target, &relay.addr.to_string(), 1))).await;
     let p = h.start().await;
     let readyz = || async { h.http.get(&p.admin_url("/readyz"), &[]).await.status };
     assert_eq!(readyz().await, 200);

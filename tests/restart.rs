@@ -10,13 +10,12 @@
 //! A restarted proxy must listen where its clients expect it, so the proxy listener gets a port
 //! the OS assigned to a probe socket just before (the other listeners stay on port 0).
 
-mod install_common;
-mod ops_support;
+mod common;
 
-use install_common::{pg_url, Harness};
-use ops_support::Served;
+use common::binary::Served;
+use common::deploy::Deployment;
+use common::pg::pg_url;
 use shoptet_proxy::sim::testing::TestClient;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,13 +44,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(config: &Path, port: u16) -> Served {
+fn start(h: &Deployment, port: u16) -> Served {
     let listen = format!("127.0.0.1:{port}");
-    Served::start_with(
-        config,
+    h.serve(
         "info,access=off",
         &[
-            ("SHOPTET_PROXY_LOG__FORMAT", "json"),
             ("SHOPTET_PROXY_PROXY__LISTEN", &listen),
             ("SHOPTET_PROXY_PROXY__SHUTDOWN_TIMEOUT", "10s"),
         ],
@@ -123,7 +120,7 @@ fn stop(p: Served) {
 }
 
 /// Installs `ESHOPS` through the first replica's public /install (each mints its first token).
-async fn install(h: &Harness, p: &Served) {
+async fn install(h: &Deployment, p: &Served) {
     for id in ESHOPS {
         let r = h
             .sim_post(
@@ -137,12 +134,7 @@ async fn install(h: &Harness, p: &Served) {
 
 /// Runs clients against `ports` and restarts the replicas in turn, `RESTARTS` times in all, with
 /// load in between; asserts no failed request and no token minted after installation.
-async fn restarts_under_load(
-    h: &Harness,
-    replicas: &mut [Option<Served>],
-    ports: &[u16],
-    config: &Path,
-) {
+async fn restarts_under_load(h: &Deployment, replicas: &mut [Option<Served>], ports: &[u16]) {
     let minted: Vec<u64> = ESHOPS.iter().map(|id| h.minted(*id)).collect();
     let urls = Arc::new(
         ports
@@ -158,7 +150,7 @@ async fn restarts_under_load(
     for i in 0..RESTARTS {
         let r = i % replicas.len();
         stop(replicas[r].take().expect("replica runs"));
-        replicas[r] = Some(start(config, ports[r]));
+        replicas[r] = Some(start(h, ports[r]));
         more_load(&load, LOAD_BETWEEN).await;
     }
     load.stop.store(true, Ordering::Relaxed);
@@ -181,12 +173,11 @@ async fn restarts_under_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_restarts_under_load_fail_no_request_and_mint_no_token() {
-    let h = Harness::new().await;
-    let config = h.write_config();
+    let h = Deployment::new().await;
     let port = free_port();
-    let mut replicas = [Some(start(&config, port))];
+    let mut replicas = [Some(start(&h, port))];
     install(&h, replicas[0].as_ref().expect("replica runs")).await;
-    restarts_under_load(&h, &mut replicas, &[port], &config).await;
+    restarts_under_load(&h, &mut replicas, &[port]).await;
     for p in replicas.into_iter().flatten() {
         stop(p);
     }
@@ -195,18 +186,14 @@ async fn sigterm_restarts_under_load_fail_no_request_and_mint_no_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_two_pg_replicas_fails_no_request_and_mints_no_token() {
     let Some(url) = pg_url().await else { return };
-    let h = Harness::with_store(Some(url)).await;
+    let h = Deployment::with_store(Some(url)).await;
     // Two replicas may each have 3 requests of one e-shop in flight: more than Shoptet's 3 per
     // token, a limit this test is not about.
     h.sim.set_config(|c| c.per_token_concurrency = 0);
-    let config = h.write_config();
     let ports = [free_port(), free_port()];
-    let mut replicas = [
-        Some(start(&config, ports[0])),
-        Some(start(&config, ports[1])),
-    ];
+    let mut replicas = [Some(start(&h, ports[0])), Some(start(&h, ports[1]))];
     install(&h, replicas[0].as_ref().expect("replica runs")).await;
-    restarts_under_load(&h, &mut replicas, &ports, &config).await;
+    restarts_under_load(&h, &mut replicas, &ports).await;
     for p in replicas.into_iter().flatten() {
         stop(p);
     }

@@ -3,7 +3,7 @@
 
 use http::{Method, StatusCode};
 use serde_json::json;
-use shoptet_proxy::sim::testing::{start, TestClient};
+use shoptet_proxy::sim::testing::{start, TestClient, TestResponse};
 use shoptet_proxy::sim::{SimConfig, SimHandle, SimInstallation};
 
 fn token_url(sim: &SimHandle) -> String {
@@ -25,7 +25,23 @@ fn form(inst: &SimInstallation, secret: &str) -> String {
         .finish()
 }
 
-fn assert_exchange_ok(r: &shoptet_proxy::sim::testing::TestResponse, inst: &SimInstallation) {
+/// Exchanges `inst`'s code with `secret` as the client secret, urlencoded as Shoptet documents.
+async fn exchange(
+    c: &TestClient,
+    sim: &SimHandle,
+    inst: &SimInstallation,
+    secret: &str,
+) -> TestResponse {
+    c.request(
+        Method::POST,
+        &token_url(sim),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form(inst, secret),
+    )
+    .await
+}
+
+fn assert_exchange_ok(r: &TestResponse, inst: &SimInstallation) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v = r.json();
     assert_eq!(v["access_token"], inst.oauth_token.as_str());
@@ -60,14 +76,7 @@ async fn exchange_accepts_an_urlencoded_body() {
     let sim = start(SimConfig::default()).await;
     let c = TestClient::new();
     let inst = sim.create_eshop(1);
-    let r = c
-        .request(
-            Method::POST,
-            &token_url(&sim),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            form(&inst, "sim-secret"),
-        )
-        .await;
+    let r = exchange(&c, &sim, &inst, "sim-secret").await;
     assert_exchange_ok(&r, &inst);
 }
 
@@ -106,24 +115,9 @@ async fn reused_code_is_rejected() {
     let sim = start(SimConfig::default()).await;
     let c = TestClient::new();
     let inst = sim.create_eshop(3);
-    let ct = [("content-type", "application/x-www-form-urlencoded")];
-    let first = c
-        .request(
-            Method::POST,
-            &token_url(&sim),
-            &ct,
-            form(&inst, "sim-secret"),
-        )
-        .await;
+    let first = exchange(&c, &sim, &inst, "sim-secret").await;
     assert_eq!(first.status, StatusCode::OK);
-    let again = c
-        .request(
-            Method::POST,
-            &token_url(&sim),
-            &ct,
-            form(&inst, "sim-secret"),
-        )
-        .await;
+    let again = exchange(&c, &sim, &inst, "sim-secret").await;
     assert_eq!(again.status, StatusCode::BAD_REQUEST);
     assert_eq!(again.json()["error"], "invalid_grant");
     assert!(again.json()["error_description"].is_string());
@@ -134,21 +128,11 @@ async fn bad_client_credentials_are_rejected_without_burning_the_code() {
     let sim = start(SimConfig::default()).await;
     let c = TestClient::new();
     let inst = sim.create_eshop(4);
-    let ct = [("content-type", "application/x-www-form-urlencoded")];
-    let bad = c
-        .request(Method::POST, &token_url(&sim), &ct, form(&inst, "wrong"))
-        .await;
+    let bad = exchange(&c, &sim, &inst, "wrong").await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
     assert_eq!(bad.json()["error"], "invalid_client");
     assert!(!bad.text().contains("sim-secret"));
-    let good = c
-        .request(
-            Method::POST,
-            &token_url(&sim),
-            &ct,
-            form(&inst, "sim-secret"),
-        )
-        .await;
+    let good = exchange(&c, &sim, &inst, "sim-secret").await;
     assert_exchange_ok(&good, &inst);
 }
 
@@ -319,29 +303,14 @@ async fn reinstall_issues_a_new_oauth_token_and_revokes_the_old_one() {
         .await;
     assert_eq!(api.error_code().as_deref(), Some("invalid-token"));
     // The old, never exchanged code is dead too; the new one exchanges to the new token.
-    let ct = [("content-type", "application/x-www-form-urlencoded")];
-    let stale = c
-        .request(
-            Method::POST,
-            &token_url(&sim),
-            &ct,
-            form(&old, "sim-secret"),
-        )
-        .await;
+    let stale = exchange(&c, &sim, &old, "sim-secret").await;
     assert_eq!(stale.json()["error"], "invalid_grant");
     let new = SimInstallation {
         eshop_id: 8,
         code: v["code"].as_str().unwrap().to_owned(),
         oauth_token: new_oauth.to_owned(),
     };
-    let ok = c
-        .request(
-            Method::POST,
-            &token_url(&sim),
-            &ct,
-            form(&new, "sim-secret"),
-        )
-        .await;
+    let ok = exchange(&c, &sim, &new, "sim-secret").await;
     assert_exchange_ok(&ok, &new);
 }
 

@@ -14,11 +14,9 @@
 //!
 //! It prints one `soak:` summary line (requests, faults injected, 401s seen, webhooks lost, RSS).
 
-mod install_common;
-mod ops_support;
+mod common;
 
-use install_common::Harness;
-use ops_support::Served;
+use common::deploy::Deployment;
 use rand::Rng;
 use serde_json::{json, Value};
 use shoptet_proxy::sim::testing::TestClient;
@@ -284,7 +282,7 @@ async fn watch_deliveries(
 }
 
 /// Moves what the addon's webhook receiver got so far into `received`.
-fn drain(h: &mut Harness, received: &mut HashSet<String>) {
+fn drain(h: &mut Deployment, received: &mut HashSet<String>) {
     while let Some(r) = h.hooks.try_next() {
         received.insert(String::from_utf8_lossy(&r.body).into_owned());
     }
@@ -318,13 +316,10 @@ async fn order_emails(sim: &str, http: &TestClient, oauth_token: &str) -> Vec<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_hides_token_chaos_and_loses_nothing() {
     let secs = soak_secs();
-    let mut h = Harness::new().await;
-    let config = h.write_config();
-    let proxy = Served::start_with(
-        &config,
+    let mut h = Deployment::new().await;
+    let proxy = h.serve(
         "info,access=off",
         &[
-            ("SHOPTET_PROXY_LOG__FORMAT", "json"),
             ("SHOPTET_PROXY_PROXY__REFRESH_MARGIN", "500ms"),
             ("SHOPTET_PROXY_PROXY__UPSTREAM_TIMEOUT", "20s"),
         ],
@@ -583,7 +578,7 @@ async fn proxy_hides_token_chaos_and_loses_nothing() {
     let mut secrets: Vec<String> = oauth.values().cloned().collect();
     secrets.extend([
         "sim-secret".to_owned(),
-        install_common::ADMIN_TOKEN.to_owned(),
+        common::deploy::ADMIN_TOKEN.to_owned(),
     ]);
     for s in &secrets {
         assert!(!scrape.contains(s.as_str()), "a secret is in /metrics");

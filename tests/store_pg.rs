@@ -2,44 +2,18 @@
 //! `SHOPTET_PROXY_TEST_PG_URL` (start one with `tests/pg.sh start`). Unset, the tests report
 //! "skipped" and pass, unless `SHOPTET_PROXY_REQUIRE_PG=1` makes that a failure.
 
+mod common;
 #[macro_use]
 mod store_cases;
 
+use common::pg;
 use shoptet_proxy::store::{Keyring, Store};
 use store_cases::{new_install, Backend};
-use tokio_postgres::NoTls;
 
-async fn base_url() -> Option<String> {
-    match std::env::var("SHOPTET_PROXY_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("SHOPTET_PROXY_REQUIRE_PG").as_deref() != Ok("1"),
-                "SHOPTET_PROXY_REQUIRE_PG=1 but SHOPTET_PROXY_TEST_PG_URL is unset \
-                 (run tests/pg.sh start)"
-            );
-            println!("skipped: SHOPTET_PROXY_TEST_PG_URL unset");
-            None
-        }
-    }
-}
-
-/// A fresh schema, so tests run in parallel without seeing each other's rows; the store's URL
-/// puts it first on the search path.
+/// The shared scenarios' backend: a fresh schema of the test server.
 async fn fixture() -> Option<Backend> {
-    let base = base_url().await?;
-    let schema = format!("store_test_{:016x}", rand::random::<u64>());
-    let (client, connection) = tokio_postgres::connect(&base, NoTls).await.unwrap();
-    let conn_task = tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    drop(client);
-    conn_task.await.unwrap().unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
     Some(Backend {
-        url: format!("{base}{sep}options=-csearch_path%3D{schema}"),
+        url: pg::pg_url().await?,
         key: rand::random(),
         locks_across_instances: true,
         _dir: None,
@@ -62,7 +36,7 @@ async fn replicas_opening_a_new_database_at_once_migrate_it_once() {
 
 #[tokio::test]
 async fn unreachable_database_fails_open_without_leaking_the_password() {
-    if base_url().await.is_none() {
+    if pg::base_url().is_none() {
         return;
     }
     // Port 1 on loopback: nothing listens there.

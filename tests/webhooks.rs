@@ -1,22 +1,23 @@
 //! Webhooks through the public listener (SPEC B5): signature check, delivery to the addon from the
 //! durable outbox with retries and across restarts, and the `addon:*` system events.
 
-mod install_common;
+mod common;
 
-use install_common::{Harness, Proxy};
+use common::binary::Served;
+use common::deploy::{Deployment, Proxy};
 use serde_json::{json, Value};
 use shoptet_proxy::signature;
 
 const ESHOP: u64 = 315185;
 
 /// Installs `ESHOP` through the proxy's public listener and forgets the "installed" event.
-async fn installed(h: &mut Harness, p: &Proxy) {
+async fn installed(h: &mut Deployment, p: &Proxy) {
     assert_eq!(h.install(p, ESHOP).await["installStatus"], 200);
     h.events.next().await;
 }
 
 /// The signature key the proxy obtained at installation.
-async fn signature_key(h: &Harness) -> String {
+async fn signature_key(h: &Deployment) -> String {
     let inst = h
         .store()
         .await
@@ -27,13 +28,38 @@ async fn signature_key(h: &Harness) -> String {
     inst.signature_key.expect("key stored").expose().to_owned()
 }
 
+/// `ESHOP`'s installation status in the store.
+async fn stored_status(h: &Deployment) -> String {
+    let inst = h.store().await.get(ESHOP).await.unwrap().expect("kept");
+    inst.status.as_str().to_owned()
+}
+
+/// Shoptet's own webhooks (`addon:*`) go to `p`'s public listener.
+fn route_webhooks(h: &Deployment, p: &Proxy) {
+    h.sim
+        .set_config(|c| c.addon_webhook_url = Some(p.public_url("/webhooks")));
+}
+
+/// The simulator's `action` (suspend, approve, uninstall) on `ESHOP`, and its `addon:<action>`
+/// webhook arriving at the addon.
+async fn shoptet_does(h: &mut Deployment, action: &str) {
+    let r = h
+        .sim_post(&format!("/sim/eshops/{ESHOP}/{action}"), Value::Null)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        received_json(h).await["event"],
+        format!("addon:{action}").as_str()
+    );
+}
+
 fn event_body(eshop_id: u64, event: &str, instance: &str) -> String {
     json!({"eshopId": eshop_id, "event": event,
            "eventCreated": "2019-09-23T22:01:36+0200", "eventInstance": instance})
     .to_string()
 }
 
-async fn post_webhook(h: &Harness, p: &Proxy, body: &str, sig: Option<&str>) -> u16 {
+async fn post_webhook(h: &Deployment, p: &Proxy, body: &str, sig: Option<&str>) -> u16 {
     let mut headers = vec![("content-type", "application/json")];
     if let Some(s) = sig {
         headers.push(("shoptet-webhook-signature", s));
@@ -50,13 +76,13 @@ async fn post_webhook(h: &Harness, p: &Proxy, body: &str, sig: Option<&str>) -> 
         .as_u16()
 }
 
-async fn received_json(h: &mut Harness) -> Value {
+async fn received_json(h: &mut Deployment) -> Value {
     serde_json::from_slice(&h.hooks.next().await.body).expect("delivered body is JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_webhook_from_shoptet_reaches_the_addon_as_sent() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     installed(&mut h, &p).await;
     let r = h
@@ -101,7 +127,7 @@ async fn signed_webhook_from_shoptet_reaches_the_addon_as_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_forged_and_unknown_webhooks_are_rejected() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     installed(&mut h, &p).await;
     let key = signature_key(&h).await;
@@ -124,7 +150,7 @@ async fn unsigned_forged_and_unknown_webhooks_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_retried_until_the_addon_takes_them() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     installed(&mut h, &p).await;
     let key = signature_key(&h).await;
@@ -144,7 +170,7 @@ async fn webhooks_are_retried_until_the_addon_takes_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_webhooks_survive_a_proxy_restart() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     installed(&mut h, &p).await;
     let key = signature_key(&h).await;
@@ -163,31 +189,18 @@ async fn queued_webhooks_survive_a_proxy_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_refuses_calls_without_asking_shoptet_and_approve_restores() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
-    h.sim
-        .set_config(|c| c.addon_webhook_url = Some(p.public_url("/webhooks")));
+    route_webhooks(&h, &p);
     installed(&mut h, &p).await;
     assert_eq!(p.api_get(&h.http, ESHOP).await.status, 200);
 
-    let r = h
-        .sim_post(&format!("/sim/eshops/{ESHOP}/suspend"), Value::Null)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(received_json(&mut h).await["event"], "addon:suspend");
+    shoptet_does(&mut h, "suspend").await;
     let calls = h.sim.stats().calls;
     let r = p.api_get(&h.http, ESHOP).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.error_code().as_deref(), Some("proxy-eshop-suspended"));
-    let status = h
-        .store()
-        .await
-        .get(ESHOP)
-        .await
-        .unwrap()
-        .expect("stored")
-        .status;
-    assert_eq!(status.as_str(), "suspended");
+    assert_eq!(stored_status(&h).await, "suspended");
 
     // A restarted proxy knows it from the store.
     p.stop().await;
@@ -198,40 +211,22 @@ async fn suspend_refuses_calls_without_asking_shoptet_and_approve_restores() {
     assert_eq!(after.get_access_token, calls.get_access_token);
     assert_eq!(after.api, calls.api);
 
-    h.sim
-        .set_config(|c| c.addon_webhook_url = Some(p.public_url("/webhooks")));
-    let r = h
-        .sim_post(&format!("/sim/eshops/{ESHOP}/approve"), Value::Null)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(received_json(&mut h).await["event"], "addon:approve");
+    route_webhooks(&h, &p);
+    shoptet_does(&mut h, "approve").await;
     let r = p.api_get(&h.http, ESHOP).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninstall_takes_effect_once_shoptet_confirms_it() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
-    h.sim
-        .set_config(|c| c.addon_webhook_url = Some(p.public_url("/webhooks")));
+    route_webhooks(&h, &p);
     installed(&mut h, &p).await;
     assert_eq!(p.api_get(&h.http, ESHOP).await.status, 200);
 
-    let r = h
-        .sim_post(&format!("/sim/eshops/{ESHOP}/uninstall"), Value::Null)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(received_json(&mut h).await["event"], "addon:uninstall");
-    let status = h
-        .store()
-        .await
-        .get(ESHOP)
-        .await
-        .unwrap()
-        .expect("kept")
-        .status;
-    assert_eq!(status.as_str(), "uninstalled");
+    shoptet_does(&mut h, "uninstall").await;
+    assert_eq!(stored_status(&h).await, "uninstalled");
     let r = p.api_get(&h.http, ESHOP).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.error_code().as_deref(), Some("proxy-eshop-not-installed"));
@@ -242,20 +237,12 @@ async fn uninstall_takes_effect_once_shoptet_confirms_it() {
     let sig = signature::sign(key.as_bytes(), body.as_bytes());
     assert_eq!(post_webhook(&h, &p, &body, Some(&sig)).await, 200);
     assert_eq!(received_json(&mut h).await["event"], "addon:approve");
-    let status = h
-        .store()
-        .await
-        .get(ESHOP)
-        .await
-        .unwrap()
-        .expect("kept")
-        .status;
-    assert_eq!(status.as_str(), "uninstalled");
+    assert_eq!(stored_status(&h).await, "uninstalled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_uninstall_leaves_a_live_installation_active() {
-    let mut h = Harness::new().await;
+    let mut h = Deployment::new().await;
     let p = h.start().await;
     installed(&mut h, &p).await;
     let key = signature_key(&h).await;
@@ -266,15 +253,7 @@ async fn forged_uninstall_leaves_a_live_installation_active() {
         let sig = signature::sign(key.as_bytes(), body.as_bytes());
         assert_eq!(post_webhook(&h, &p, &body, Some(&sig)).await, 200);
         assert_eq!(received_json(&mut h).await["event"], event);
-        let status = h
-            .store()
-            .await
-            .get(ESHOP)
-            .await
-            .unwrap()
-            .expect("kept")
-            .status;
-        assert_eq!(status.as_str(), "active");
+        assert_eq!(stored_status(&h).await, "active");
     }
     // The checks' tokens are kept as the current one: the next call mints nothing.
     let minted = h.minted(ESHOP);
@@ -283,87 +262,33 @@ async fn forged_uninstall_leaves_a_live_installation_active() {
     assert_eq!(h.minted(ESHOP), minted);
 }
 
-/// A `shoptet-proxy serve` process on the harness's config (JSON logs on stdout).
-struct ServeProcess {
-    child: std::process::Child,
-    public: String,
-    proxy: String,
+/// `serve` on the harness's config; `addon_down`: webhooks go to a loopback port where nothing
+/// listens.
+fn start_serve(h: &Deployment, addon_down: bool) -> Served {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}/hooks", dead.local_addr().expect("addr"));
+    let env: &[(&str, &str)] = if addon_down {
+        &[("SHOPTET_PROXY_ADDON__WEBHOOKS_URL", &dead)]
+    } else {
+        &[]
+    };
+    h.serve("info", env)
 }
 
-impl ServeProcess {
-    /// `addon_down`: deliver webhooks to a loopback port where nothing listens.
-    fn start(h: &Harness, addon_down: bool) -> ServeProcess {
-        use std::io::BufRead;
-        let mut toml = h.config_toml();
-        if addon_down {
-            let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let dead = format!("http://{}/hooks", dead.local_addr().expect("addr"));
-            toml = toml.replace(&h.hooks.url("/hooks"), &dead);
-        }
-        toml.push_str("[log]\nformat = \"json\"\nlevel = \"info\"\n");
-        std::fs::write(h.path("serve.toml"), toml).expect("write config");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
-        cmd.arg("--config")
-            .arg(h.path("serve.toml"))
-            .arg("serve")
-            .current_dir(h.dir.path())
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("SHOPTET_PROXY_") {
-                cmd.env_remove(name.as_ref());
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keeps draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let listening: Value = loop {
-            let line = rx
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .expect("serve logs `listening` within 10 s");
-            let v: Value = serde_json::from_str(&line).expect("JSON log line");
-            if v["message"] == "listening" {
-                break v;
-            }
-        };
-        let public = listening["public_addr"].as_str().expect("public_addr");
-        let public = public.trim_start_matches("Some(").trim_end_matches(')');
-        ServeProcess {
-            child,
-            public: format!("http://{public}"),
-            proxy: format!("http://{}", listening["proxy_addr"].as_str().expect("addr")),
-        }
-    }
-
-    fn sigterm(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        self.child.wait().expect("wait for serve")
-    }
+/// SIGTERM, then the exit status.
+fn sigterm(serve: Served) -> std::process::ExitStatus {
+    serve.signal("TERM");
+    serve.finish(std::time::Duration::from_secs(30)).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_proxy_still_delivers_and_restarts_mint_no_tokens() {
-    let mut h = Harness::new().await;
-    let serve = ServeProcess::start(&h, true);
+    let mut h = Deployment::new().await;
+    let serve = start_serve(&h, true);
     let r = h
         .sim_post(
             "/sim/eshops",
-            json!({"eshopId": ESHOP, "installUrl": format!("{}/install", serve.public)}),
+            json!({"eshopId": ESHOP, "installUrl": format!("http://{}/install", serve.public)}),
         )
         .await;
     assert_eq!(r.json()["installStatus"], 200, "{}", r.text());
@@ -379,20 +304,19 @@ async fn killed_proxy_still_delivers_and_restarts_mint_no_tokens() {
         .http
         .request(
             http::Method::POST,
-            &format!("{}/webhooks", serve.public),
+            &format!("http://{}/webhooks", serve.public),
             &[("shoptet-webhook-signature", &sig)],
             body.clone(),
         )
         .await;
     assert_eq!(r.status, 200);
-    let mut killed = serve.child;
-    killed.kill().expect("SIGKILL");
-    killed.wait().expect("reap");
+    serve.signal("KILL");
+    serve.finish(std::time::Duration::from_secs(30));
 
     // The restarted proxy delivers it, exactly as sent, once the claim has run out.
-    let serve = ServeProcess::start(&h, false);
+    let serve = start_serve(&h, false);
     assert_eq!(h.hooks.next().await.body, body.as_bytes());
-    let api = format!("{}/api/eshop", serve.proxy);
+    let api = format!("http://{}/api/eshop", serve.proxy);
     let id = ESHOP.to_string();
     let r = h.http.get(&api, &[("x-shoptet-eshop-id", &id)]).await;
     assert_eq!(r.status, 200);
@@ -401,12 +325,12 @@ async fn killed_proxy_still_delivers_and_restarts_mint_no_tokens() {
         1,
         "the installation's token survived kill -9"
     );
-    assert!(serve.sigterm().success(), "SIGTERM exits 0");
+    assert!(sigterm(serve).success(), "SIGTERM exits 0");
 
-    let serve = ServeProcess::start(&h, false);
-    let api = format!("{}/api/eshop", serve.proxy);
+    let serve = start_serve(&h, false);
+    let api = format!("http://{}/api/eshop", serve.proxy);
     let r = h.http.get(&api, &[("x-shoptet-eshop-id", &id)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(h.minted(ESHOP), 1, "a restart after SIGTERM mints nothing");
-    assert!(serve.sigterm().success());
+    assert!(sigterm(serve).success());
 }

@@ -1,4 +1,13 @@
-//! Shared harness for tests that run the real proxy against the simulator on loopback.
+//! The one test harness: every integration test (and `benches/pacing.rs`) takes its helpers from
+//! here, so each exists once. This file holds the in-process proxy ([`Harness`]) and the helpers
+//! every kind of test shares; the submodules hold the rest:
+//!
+//! - [`deploy`]: a simulator, an addon (webhook receivers) and config/key files on disk, with
+//!   proxies started in-process from that config (installation, webhook, admin, replica tests);
+//! - [`binary`]: the real `shoptet-proxy serve` as a child process, its production-like config
+//!   with secret files, and the external checkers (promtool, systemd-analyze);
+//! - [`load`]: clients hammering an e-shop through the proxy (pacing test and bench);
+//! - [`pg`]: the throwaway PostgreSQL of `tests/pg.sh`.
 //!
 //! [`Harness::start`] brings up a simulator with the given knobs, an encrypted SQLite store in a
 //! temporary directory, and the proxy's listeners on OS-assigned ports, configured exactly as an
@@ -8,6 +17,11 @@
 //! Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod deploy;
+pub mod load;
+pub mod pg;
+
 use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
@@ -15,6 +29,7 @@ use shoptet_proxy::app::{self, Running};
 use shoptet_proxy::config::Config;
 use shoptet_proxy::metrics::Metrics;
 use shoptet_proxy::secret::Secret;
+use shoptet_proxy::server::Limits;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse};
 use shoptet_proxy::sim::{SimConfig, SimHandle, SimInstallation, SimStats, Simulator};
 use shoptet_proxy::store::{Keyring, NewInstallation, Store};
@@ -39,6 +54,7 @@ pub struct Harness {
     pub cfg: Config,
     pub client: TestClient,
     running: Option<Running>,
+    limits: Limits,
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     _dir: tempfile::TempDir,
@@ -94,6 +110,15 @@ impl Harness {
         Harness::around(sim, &sim_cfg, env, tweak).await
     }
 
+    /// A simulator with `sim_cfg` and a proxy whose listeners have `limits` (short timeouts,
+    /// few connection slots) instead of the production ones.
+    pub async fn with_limits(sim_cfg: SimConfig, limits: Limits) -> Harness {
+        let sim = Simulator::start(sim_cfg.clone(), LOOPBACK.parse().expect("addr"))
+            .await
+            .expect("simulator starts");
+        Harness::launch(sim, &sim_cfg, &[], |_| {}, limits).await
+    }
+
     /// A proxy in front of an already running simulator (for tests that need its address or
     /// certificate before configuring the proxy). `sim_cfg` is what it was started with.
     pub async fn around(
@@ -101,6 +126,16 @@ impl Harness {
         sim_cfg: &SimConfig,
         env: &[(&str, &str)],
         tweak: impl FnOnce(&mut Config),
+    ) -> Harness {
+        Harness::launch(sim, sim_cfg, env, tweak, Limits::default()).await
+    }
+
+    async fn launch(
+        sim: SimHandle,
+        sim_cfg: &SimConfig,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Config),
+        limits: Limits,
     ) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cfg = base_config(&sim, sim_cfg, dir.path(), env);
@@ -113,10 +148,11 @@ impl Harness {
             Some(pem) => TestClient::with_ca_pem(&pem),
             None => TestClient::new(),
         };
-        let running = app::start(cfg.clone(), store.clone())
+        let running = app::start_with_limits(cfg.clone(), store.clone(), limits)
             .await
             .expect("proxy starts");
         Harness {
+            limits,
             proxy_addr: running.proxy_addr,
             admin_addr: running.admin_addr,
             running: Some(running),
@@ -132,18 +168,7 @@ impl Harness {
     /// Installs `eshop_id` in the simulator and imports it into the proxy's store.
     pub async fn install(&self, eshop_id: u64) -> SimInstallation {
         let inst = self.sim.create_eshop(eshop_id);
-        self.store
-            .upsert_installation(
-                &NewInstallation {
-                    eshop_id,
-                    eshop_url: Some(format!("https://{eshop_id}.myshoptet.com/")),
-                    contact_email: Some(format!("owner{eshop_id}@example.com")),
-                    oauth_token: Secret::new(inst.oauth_token.clone()),
-                },
-                None,
-            )
-            .await
-            .expect("store upsert");
+        import(&self.store, eshop_id, &inst.oauth_token).await;
         inst
     }
 
@@ -159,7 +184,7 @@ impl Harness {
         )
         .await
         .expect("store reopens");
-        let running = app::start(self.cfg.clone(), self.store.clone())
+        let running = app::start_with_limits(self.cfg.clone(), self.store.clone(), self.limits)
             .await
             .expect("proxy restarts");
         self.proxy_addr = running.proxy_addr;
@@ -207,12 +232,7 @@ impl Harness {
 
     /// Tokens minted for `eshop_id` so far.
     pub fn minted(&self, eshop_id: u64) -> u64 {
-        self.sim
-            .stats()
-            .tokens_minted
-            .get(&eshop_id)
-            .copied()
-            .unwrap_or(0)
+        minted(&self.sim, eshop_id)
     }
 
     /// A request through the proxy, tagged by header.
@@ -271,6 +291,57 @@ impl Harness {
         }
         self.sim.clone().shutdown().await;
     }
+}
+
+/// Imports an installation of `eshop_id` with `oauth_token` into `store`, as `eshops import`
+/// or the install callback would.
+pub async fn import(store: &Store, eshop_id: u64, oauth_token: &str) {
+    store
+        .upsert_installation(
+            &NewInstallation {
+                eshop_id,
+                eshop_url: Some(format!("https://{eshop_id}.myshoptet.com/")),
+                contact_email: Some(format!("owner{eshop_id}@example.com")),
+                oauth_token: Secret::new(oauth_token.to_owned()),
+            },
+            None,
+        )
+        .await
+        .expect("store upsert");
+}
+
+/// Tokens `sim` minted for `eshop_id` so far.
+pub fn minted(sim: &SimHandle, eshop_id: u64) -> u64 {
+    sim.stats()
+        .tokens_minted
+        .get(&eshop_id)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A stand-in HTTP/1 server on a loopback port (an OAuth server, an API or an addon that
+/// misbehaves as a test needs): `handle` answers every request. Returns its base URL.
+pub async fn stand_in<F, Fut>(handle: F) -> String
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(LOOPBACK).await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let answer = handle(req);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    url
 }
 
 /// Asserts a proxy-made error: status, `errorCode`, and the exact envelope shape.

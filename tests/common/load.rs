@@ -1,16 +1,11 @@
 //! A load scenario for leaky-bucket pacing (issue 6), shared by `tests/pacing.rs` (short form)
-//! and `benches/pacing.rs` (full size): the simulator with its bucket on, a proxy in front of it
-//! with a throwaway store, and clients hammering e-shops through the proxy for a while.
+//! and `benches/pacing.rs` (full size): the simulator with its bucket on, the in-process
+//! [`Harness`] in front of it, and clients hammering e-shops through the proxy for a while.
 //!
 //! Test support: it panics with a clear message when setting up fails.
 
-use shoptet_proxy::app::{self, Running};
-use shoptet_proxy::config::Config;
-use shoptet_proxy::metrics::Metrics;
-use shoptet_proxy::secret::Secret;
-use shoptet_proxy::sim::testing::{self, TestClient};
-use shoptet_proxy::sim::{SimConfig, SimHandle};
-use shoptet_proxy::store::{Keyring, NewInstallation, Store};
+use super::Harness;
+use shoptet_proxy::sim::SimConfig;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,68 +63,25 @@ impl Load {
     }
 }
 
-pub struct Harness {
-    sim: SimHandle,
-    running: Running,
-    client: TestClient,
-    _dir: tempfile::TempDir,
-}
-
 impl Harness {
-    /// A simulator with `bucket`, `eshops` installed, and a proxy (default configuration, loopback
-    /// ports) in front of it.
-    pub async fn start(bucket: Bucket, eshops: &[u64]) -> Harness {
+    /// A simulator with `bucket`, `eshops` installed, and a proxy (default configuration but for
+    /// `bucket.pacing`) in front of it.
+    pub async fn with_bucket(bucket: Bucket, eshops: &[u64]) -> Harness {
         let sim_cfg = SimConfig {
             bucket_capacity: bucket.capacity,
             bucket_drain_per_sec: bucket.drain_per_sec,
             ..SimConfig::default()
         };
-        let sim = testing::start(sim_cfg.clone()).await;
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut cfg = Config::load_from(None, &[]).expect("the default configuration loads");
-        let sim_url: url::Url = sim.base_url().parse().expect("the simulator URL parses");
-        cfg.shoptet.api_url = sim_url.clone();
-        cfg.shoptet.partner_url = sim_url;
-        cfg.shoptet.client_id = sim_cfg.client_id.clone();
-        cfg.shoptet.client_secret = Some(Secret::new(sim_cfg.client_secret.clone()));
-        cfg.proxy.listen = ([127, 0, 0, 1], 0).into();
-        cfg.admin.listen = ([127, 0, 0, 1], 0).into();
-        cfg.public.listen = None;
-        cfg.proxy.bucket_pacing = bucket.pacing;
-        cfg.store.url = format!("sqlite://{}", dir.path().join("proxy.db").display());
-        let store = Store::open(&cfg.store.url, Keyring::generate())
-            .await
-            .expect("the store opens");
+        let h = Harness::with(sim_cfg, |cfg| cfg.proxy.bucket_pacing = bucket.pacing).await;
         for &eshop_id in eshops {
-            let installation = sim.create_eshop(eshop_id);
-            store
-                .upsert_installation(
-                    &NewInstallation {
-                        eshop_id,
-                        eshop_url: None,
-                        contact_email: None,
-                        oauth_token: Secret::new(installation.oauth_token),
-                    },
-                    None,
-                )
-                .await
-                .expect("the installation is stored");
+            h.install(eshop_id).await;
         }
-        let running = app::start(cfg, store).await.expect("the proxy starts");
-        Harness {
-            sim,
-            running,
-            client: TestClient::new(),
-            _dir: dir,
-        }
+        h
     }
 
     /// Runs `c` to its end and reports what its clients saw.
     pub async fn fire(&self, c: Clients) -> Load {
-        let url = format!(
-            "http://{}/eshops/{}/api/eshop",
-            self.running.proxy_addr, c.eshop
-        );
+        let url = self.eshop_url(c.eshop, "/api/eshop");
         let start = Instant::now();
         let end = start + c.duration;
         let sent = Arc::new(AtomicUsize::new(0));
@@ -181,18 +133,8 @@ impl Harness {
         load
     }
 
-    /// The proxy's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.running.app.metrics
-    }
-
     /// 429 answers the simulator gave, in all.
     pub fn sim_429(&self) -> u64 {
-        self.sim.stats().status429
-    }
-
-    pub async fn shutdown(self) {
-        self.running.shutdown().await;
-        self.sim.shutdown().await;
+        self.stats().status429
     }
 }

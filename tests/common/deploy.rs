@@ -4,18 +4,18 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use super::binary::Served;
 use shoptet_proxy::app::{self, Running};
 use shoptet_proxy::config::Config;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse, WebhookReceiver};
 use shoptet_proxy::sim::{SimConfig, SimHandle, Simulator};
 use shoptet_proxy::store::{generate_key_base64, Keyring, Store};
 use std::path::PathBuf;
-use tokio_postgres::NoTls;
 
 /// The admin bearer token the harness configures.
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
-pub struct Harness {
+pub struct Deployment {
     pub sim: SimHandle,
     pub dir: tempfile::TempDir,
     /// `[addon] events_url`.
@@ -26,14 +26,14 @@ pub struct Harness {
     pub store_url: String,
 }
 
-impl Harness {
+impl Deployment {
     /// A simulator with default knobs and a SQLite store.
-    pub async fn new() -> Harness {
-        Harness::with_store(None).await
+    pub async fn new() -> Deployment {
+        Deployment::with_store(None).await
     }
 
     /// `store_url` None = a fresh SQLite file in the temporary directory.
-    pub async fn with_store(store_url: Option<String>) -> Harness {
+    pub async fn with_store(store_url: Option<String>) -> Deployment {
         // Quiet unless RUST_LOG asks; output is captured per test.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -47,7 +47,7 @@ impl Harness {
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("write admin token");
         let store_url = store_url
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("proxy.db").display()));
-        Harness {
+        Deployment {
             sim,
             dir,
             events: WebhookReceiver::start().await,
@@ -143,12 +143,14 @@ key_file = "{dir}/store.key"
 
     /// Tokens the simulator minted for `eshop_id` so far.
     pub fn minted(&self, eshop_id: u64) -> u64 {
-        self.sim
-            .stats()
-            .tokens_minted
-            .get(&eshop_id)
-            .copied()
-            .unwrap_or(0)
+        super::minted(&self.sim, eshop_id)
+    }
+
+    /// `shoptet-proxy serve` on the harness's config with JSON logs at `rust_log`, `env` added.
+    pub fn serve(&self, rust_log: &str, env: &[(&str, &str)]) -> Served {
+        let mut env = env.to_vec();
+        env.push(("SHOPTET_PROXY_LOG__FORMAT", "json"));
+        Served::start_with(&self.write_config(), rust_log, &env)
     }
 
     /// `POST /sim/...` on the simulator's control plane.
@@ -190,35 +192,4 @@ impl Proxy {
     pub async fn stop(self) {
         self.running.shutdown().await;
     }
-}
-
-/// The PostgreSQL server of `SHOPTET_PROXY_TEST_PG_URL` with a fresh schema first on the search
-/// path (as tests/store_pg.rs does), or None (after printing why) when the variable is unset;
-/// `SHOPTET_PROXY_REQUIRE_PG=1` turns that into a failure.
-pub async fn pg_url() -> Option<String> {
-    let base = match std::env::var("SHOPTET_PROXY_TEST_PG_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var("SHOPTET_PROXY_REQUIRE_PG").as_deref() != Ok("1"),
-                "SHOPTET_PROXY_REQUIRE_PG=1 but SHOPTET_PROXY_TEST_PG_URL is unset \
-                 (run tests/pg.sh start)"
-            );
-            println!("skipped: SHOPTET_PROXY_TEST_PG_URL unset");
-            return None;
-        }
-    };
-    let schema = format!("inst_test_{:016x}", rand::random::<u64>());
-    let (client, connection) = tokio_postgres::connect(&base, NoTls)
-        .await
-        .expect("connect to the test PostgreSQL");
-    let conn_task = tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("create schema");
-    drop(client);
-    let _ = conn_task.await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
 }

@@ -1,13 +1,14 @@
-//! Shared by the operations tests (`ops_*.rs`): finding the external checkers they run.
+//! The real binary: `shoptet-proxy serve` as a child process ([`Served`]), the production-like
+//! configuration it runs with (secret files, JSON logs; [`Setup`]), and the external checkers
+//! the operations tests run on its files ([`tool`]).
 //!
 //! A checker that is not installed makes its test pass vacuously on a developer machine, but fail
 //! in CI, where `tests/run.sh` installs it and sets the `SHOPTET_PROXY_REQUIRE_*` variable: a
 //! check that silently stops running is worse than none.
 
-// Each test crate that includes this module uses only part of it.
-#![allow(dead_code)]
-
-use std::path::PathBuf;
+use shoptet_proxy::sim::{SimConfig, SimHandle, SimInstallation, Simulator};
+use shoptet_proxy::store::{Keyring, Store};
+use std::path::{Path, PathBuf};
 
 /// The path of `tool` on `$PATH`; `None` (with a note) when it is missing and not required.
 /// Panics when it is missing and `require_env` is `1`.
@@ -68,7 +69,7 @@ impl Secrets {
 /// Writes the secret files and `config.toml` (JSON logs, every listener on port 0, absolute
 /// paths) into `dir`; `receiver` is the addon's base URL. Returns the config path.
 pub fn write_config(
-    dir: &std::path::Path,
+    dir: &Path,
     sim_url: &str,
     receiver: &str,
     secrets: &Secrets,
@@ -120,10 +121,95 @@ level = "info"
 }
 
 /// The simulator configuration matching [`write_config`]'s credentials.
-pub fn sim_config(secrets: &Secrets) -> shoptet_proxy::sim::SimConfig {
-    shoptet_proxy::sim::SimConfig {
+pub fn sim_config(secrets: &Secrets) -> SimConfig {
+    SimConfig {
         client_secret: secrets.client_secret.clone(),
         ..Default::default()
+    }
+}
+
+/// `shoptet-proxy` run in `dir` (so no stray `./config.toml` is picked up) with none of the test
+/// process's `SHOPTET_PROXY_*` (cargo sets some for the build), `CREDENTIALS_DIRECTORY`,
+/// `NOTIFY_SOCKET` or `RUST_LOG`: only what the test passes reaches it.
+pub fn command(dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
+    cmd.current_dir(dir)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SHOPTET_PROXY_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// A simulator knowing [`Secrets`]' client secret and, in a temporary directory, the secret
+/// files and `config.toml` of [`write_config`]: what `serve` (or an in-process proxy loading the
+/// file) needs.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub secrets: Secrets,
+    pub sim: SimHandle,
+    /// The path of `config.toml`.
+    pub config: PathBuf,
+}
+
+impl Setup {
+    /// `addon` is the addon's base URL, `shutdown_timeout` the `[proxy]` value.
+    pub async fn new(addon: &str, shutdown_timeout: &str) -> Setup {
+        Setup::with_sim(addon, shutdown_timeout, |_| {}).await
+    }
+
+    /// Like [`Setup::new`], the simulator's configuration changed by `tweak`.
+    pub async fn with_sim(
+        addon: &str,
+        shutdown_timeout: &str,
+        tweak: impl FnOnce(&mut SimConfig),
+    ) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets = Secrets::generate();
+        let mut sim_cfg = sim_config(&secrets);
+        tweak(&mut sim_cfg);
+        let sim = Simulator::start(sim_cfg, ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("simulator");
+        let config = write_config(
+            dir.path(),
+            &sim.base_url(),
+            addon,
+            &secrets,
+            shutdown_timeout,
+        );
+        Setup {
+            dir,
+            secrets,
+            sim,
+            config,
+        }
+    }
+
+    /// A handle of its own on the configured store.
+    pub async fn store(&self) -> Store {
+        Store::open(
+            &format!("sqlite://{}", self.dir.path().join("store.db").display()),
+            Keyring::load(&self.dir.path().join("store.key"), &[]).expect("key"),
+        )
+        .await
+        .expect("store")
+    }
+
+    /// Creates `eshop_id` in the simulator and imports it into the store (before a proxy starts).
+    pub async fn install(&self, eshop_id: u64) -> SimInstallation {
+        let inst = self.sim.create_eshop(eshop_id);
+        super::import(&self.store().await, eshop_id, &inst.oauth_token).await;
+        inst
+    }
+
+    /// `Bearer <client key>`: the `Proxy-Authorization` the configured client key needs.
+    pub fn client_auth(&self) -> String {
+        format!("Bearer {}", self.secrets.client_key)
     }
 }
 
@@ -168,27 +254,19 @@ fn addr(v: &serde_json::Value, field: &str) -> std::net::SocketAddr {
 impl Served {
     /// Starts `serve` with `config` and `RUST_LOG=rust_log` and waits for its "listening" line,
     /// which names the ports the OS assigned.
-    pub fn start(config: &std::path::Path, rust_log: &str) -> Served {
+    pub fn start(config: &Path, rust_log: &str) -> Served {
         Served::start_with(config, rust_log, &[])
     }
 
     /// Like [`Served::start`], with extra environment (e.g. `SHOPTET_PROXY_*` overrides).
-    pub fn start_with(config: &std::path::Path, rust_log: &str, env: &[(&str, &str)]) -> Served {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
+    pub fn start_with(config: &Path, rust_log: &str, env: &[(&str, &str)]) -> Served {
+        let mut cmd = command(config.parent().expect("config dir"));
         cmd.arg("--config")
             .arg(config)
             .arg("serve")
-            .current_dir(config.parent().expect("config dir"))
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("NOTIFY_SOCKET")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("SHOPTET_PROXY_") {
-                cmd.env_remove(name);
-            }
-        }
         cmd.envs(env.iter().copied());
         // An empty `rust_log` leaves the level to the config file.
         if rust_log.is_empty() {
