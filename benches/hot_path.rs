@@ -9,14 +9,11 @@ use futures_util::FutureExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use shoptet_proxy::error::ProxyError;
 use shoptet_proxy::eshops::Eshops;
-use shoptet_proxy::metrics::Metrics;
-use shoptet_proxy::oauth::OAuthClient;
 use shoptet_proxy::proxy::rewrite_request_headers;
 use shoptet_proxy::secret::Secret;
 use shoptet_proxy::store::{AccessToken, Keyring, Store};
 use shoptet_proxy::tag;
 use shoptet_proxy::tokens::{TokenCache, TokenConfig};
-use shoptet_proxy::upstream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -62,31 +59,14 @@ fn token_lookup(c: &mut Criterion) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    upstream::install_crypto_provider();
     let eshops = Arc::new(Eshops::new(3));
     let cache = rt.block_on(async {
         let store = Store::open(&url, Keyring::generate()).await.expect("store");
-        let client = upstream::client(None, Duration::from_secs(1)).expect("client");
-        let partner: url::Url = "http://127.0.0.1:9/".parse().expect("url");
-        let oauth = OAuthClient::new(
-            client,
-            &partner,
-            "bench".into(),
-            None,
-            String::new(),
-            Duration::from_secs(1),
-        )
-        .expect("oauth client");
-        Arc::new(TokenCache::new(
-            eshops.clone(),
-            store,
-            Arc::new(oauth),
-            Arc::new(Metrics::new()),
-            TokenConfig {
-                refresh_margin: Duration::from_secs(300),
-                backoff_max: Duration::from_secs(60),
-            },
-        ))
+        let cfg = TokenConfig {
+            refresh_margin: Duration::from_secs(300),
+            backoff_max: Duration::from_secs(60),
+        };
+        Arc::new(TokenCache::offline(eshops.clone(), store, cfg).expect("cache"))
     });
     let expires_at = SystemTime::now() + Duration::from_secs(3600);
     for id in 1..=ESHOPS {

@@ -167,6 +167,34 @@ impl TokenCache {
         }
     }
 
+    /// A cache whose OAuth server is a closed loopback port: it serves only tokens adopted or
+    /// already stored. What benchmarks and unit tests of the cache itself need.
+    pub fn offline(
+        eshops: Arc<Eshops>,
+        store: Store,
+        cfg: TokenConfig,
+    ) -> Result<TokenCache, crate::upstream::TlsSetupError> {
+        crate::upstream::install_crypto_provider();
+        let client = crate::upstream::client(None, Duration::from_secs(1))?;
+        let closed = url::Url::parse("http://127.0.0.1:9/").expect("a valid literal URL");
+        let oauth = OAuthClient::new(
+            client,
+            &closed,
+            "offline".into(),
+            None,
+            String::new(),
+            Duration::from_secs(1),
+        )
+        .expect("URLs joined to a valid literal are valid");
+        Ok(TokenCache::new(
+            eshops,
+            store,
+            Arc::new(oauth),
+            Arc::new(Metrics::new()),
+            cfg,
+        ))
+    }
+
     /// Below this a cached token is not sent: it could expire on the way. Above it but within
     /// the margin, it is sent while a background refresh runs.
     fn min_left(&self) -> Duration {
@@ -491,29 +519,17 @@ mod tests {
             .upsert_installation(&installed, None)
             .await
             .expect("upsert");
-        crate::upstream::install_crypto_provider();
-        let client = crate::upstream::client(None, Duration::from_secs(1)).expect("client");
-        let partner: url::Url = "http://127.0.0.1:9/".parse().expect("url");
-        let oauth = OAuthClient::new(
-            client,
-            &partner,
-            "id".into(),
-            None,
-            String::new(),
-            Duration::from_secs(1),
-        )
-        .expect("oauth client");
         let eshops = Arc::new(Eshops::new(3));
-        let cache = Arc::new(TokenCache::new(
+        let cache = TokenCache::offline(
             eshops.clone(),
             store,
-            Arc::new(oauth),
-            Arc::new(Metrics::new()),
             TokenConfig {
                 refresh_margin: Duration::from_secs(300),
                 backoff_max: Duration::from_secs(10),
             },
-        ));
+        )
+        .expect("cache");
+        let cache = Arc::new(cache);
         (cache, eshops, dir)
     }
 
