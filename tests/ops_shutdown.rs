@@ -77,15 +77,7 @@ async fn requests_in_flight_at_sigterm_all_complete_and_the_exit_is_clean() {
     let ready = http.get(&format!("{admin}/readyz"), &[]).await;
     assert_eq!(ready.status, 200, "ready before the signal");
 
-    served.signal("TERM");
-    until("/readyz to report draining", || async {
-        http.get(&format!("{admin}/readyz"), &[]).await.status == 503
-    })
-    .await;
-    until("the proxy listener to refuse connections", || {
-        refused(served.proxy)
-    })
-    .await;
+    terminate_and_await_draining(&served, &http, &admin).await;
     let metrics = http.get(&format!("{admin}/metrics"), &[]).await.text();
     assert_eq!(
         gauge(&metrics, "shoptet_proxy_upstream_in_flight"),
@@ -294,15 +286,7 @@ async fn webhook_delivery_in_flight_at_sigterm_completes_before_the_exit() {
     let http = TestClient::new();
     let admin = format!("http://{}", served.admin);
 
-    served.signal("TERM");
-    until("/readyz to report draining", || async {
-        http.get(&format!("{admin}/readyz"), &[]).await.status == 503
-    })
-    .await;
-    until("the proxy listener to refuse connections", || {
-        refused(served.proxy)
-    })
-    .await;
+    terminate_and_await_draining(&served, &http, &admin).await;
     // Draining, with the delivery still unanswered: now the addon takes it.
     addon.release.add_permits(1);
     let (status, _, err) = served.finish(Duration::from_secs(15));
@@ -330,4 +314,18 @@ async fn webhook_the_addon_never_answers_at_sigterm_is_delivered_after_the_resta
     served.signal("TERM");
     let (status, _, err) = served.finish(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}: {err:?}");
+}
+
+/// Sends SIGTERM and waits until the proxy is draining: `/readyz` says 503 and the proxy
+/// listener refuses new connections.
+async fn terminate_and_await_draining(served: &Served, http: &TestClient, admin: &str) {
+    served.signal("TERM");
+    until("/readyz to report draining", || async {
+        http.get(&format!("{admin}/readyz"), &[]).await.status == 503
+    })
+    .await;
+    until("the proxy listener to refuse connections", || {
+        refused(served.proxy)
+    })
+    .await;
 }
