@@ -8,6 +8,7 @@ use bytes::Bytes;
 use common::{assert_proxy_error, sim_config, wait_until, Harness, ESHOP};
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
+use shoptet_proxy::sim::testing::TestResponse;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,9 +170,7 @@ async fn get_after_bucket_429_with_http_date_is_retried() {
 async fn get_429_asking_for_more_than_max_retry_wait_comes_back_with_its_retry_after() {
     let h = small_bucket_with(|c| c.proxy.max_retry_wait = Duration::ZERO).await;
     let r = h.get(ESHOP, "/api/orders").await;
-    assert_eq!(r.status, 429, "{}", r.text());
-    let ra = r.header("retry-after").expect("Retry-After passed back");
-    assert!(httpdate::parse_http_date(ra).is_ok(), "{ra}");
+    assert_bucket_429_passed_back(&r);
     let tries = h
         .sim_requests(Some(ESHOP))
         .await
@@ -193,9 +192,7 @@ async fn post_after_bucket_429_gets_the_429() {
             r#"{"data":{"email":"buyer@example.com"}}"#,
         )
         .await;
-    assert_eq!(r.status, 429, "{}", r.text());
-    let ra = r.header("retry-after").expect("Retry-After passed back");
-    assert!(httpdate::parse_http_date(ra).is_ok(), "{ra}");
+    assert_bucket_429_passed_back(&r);
     let posts = h
         .sim_requests(Some(ESHOP))
         .await
@@ -401,4 +398,11 @@ async fn get_concurrency_429_without_retry_after_is_retried_a_bounded_number_of_
         5,
         "DELETE is not retried"
     );
+}
+
+/// Shoptet's bucket 429 reached the client unchanged, its HTTP-date `Retry-After` included.
+fn assert_bucket_429_passed_back(r: &TestResponse) {
+    assert_eq!(r.status, 429, "{}", r.text());
+    let ra = r.header("retry-after").expect("Retry-After passed back");
+    assert!(httpdate::parse_http_date(ra).is_ok(), "{ra}");
 }
