@@ -109,12 +109,13 @@ impl Flow {
     ) -> Result<Admission, ProxyError> {
         let lane = &eshop.flow;
         let deadline = tokio::time::Instant::from_std(arrived + self.cfg.queue_timeout);
-        // Whether this request had to wait at all: the common case reads no clock here.
-        let mut waited = false;
+        // When this request started waiting for a slot, if it had to: the common case reads no
+        // clock here, and a slow request body read before admission never counts as queueing.
+        let mut waiting_since: Option<Instant> = None;
         let slot = match lane.slots.try_acquire() {
             Ok(p) => p,
             Err(_) => {
-                waited = true;
+                waiting_since = Some(Instant::now());
                 if lane.waiting.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_queue {
                     lane.waiting.fetch_sub(1, Ordering::Relaxed);
                     return Err(ProxyError::QueueFull {
@@ -132,38 +133,28 @@ impl Flow {
                     .map_err(|_| ProxyError::QueueTimeout)?
             }
         };
-        // From here until the Permit exists nothing awaits, so the slot cannot leak; a request
-        // cancelled while waiting for the global slot or the bucket gives it back via `Slot`.
+        // The slot now belongs to a `Slot` guard: a request that times out or is cancelled while
+        // waiting for the global slot or the bucket gives it back; the Permit takes it over.
         slot.forget();
         let slot = Slot(lane);
         let global = match self.global.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                waited = true;
+                waiting_since.get_or_insert_with(Instant::now);
                 tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
                     .await
                     .map_err(|_| ProxyError::QueueTimeout)?
                     .map_err(|_| ProxyError::QueueTimeout)?
             }
         };
-        // Microseconds after arrival when nothing waited: close enough for the bucket model.
-        let pace_from = if waited {
-            tokio::time::Instant::now()
-        } else {
-            tokio::time::Instant::from_std(arrived)
-        };
         let paced = match self.cfg.bucket_reserve {
-            Some(reserve) => Self::pace(lane, reserve, deadline, pace_from).await,
+            Some(reserve) => Self::pace(lane, reserve, deadline).await,
             None => {
                 lock(&lane.bucket).reserve_anyway();
                 Duration::ZERO
             }
         };
-        let queued = if waited || !paced.is_zero() {
-            arrived.elapsed()
-        } else {
-            Duration::ZERO
-        };
+        let queued = waiting_since.map_or(paced, |since| since.elapsed());
         self.metrics.queue_wait.observe(queued.as_secs_f64());
         if !paced.is_zero() {
             self.metrics.paced.inc();
@@ -187,12 +178,10 @@ impl Flow {
     /// `deadline`: a request that has waited its whole `queue_timeout` goes out anyway and meets
     /// Shoptet's verdict (a GET is then retried after Shoptet's `Retry-After`). Returns the time
     /// waited.
-    async fn pace(
-        lane: &Lane,
-        reserve: f64,
-        deadline: tokio::time::Instant,
-        start: tokio::time::Instant,
-    ) -> Duration {
+    async fn pace(lane: &Lane, reserve: f64, deadline: tokio::time::Instant) -> Duration {
+        // Not `arrived`: a slow request body may lie between, and the model must not go back
+        // in time.
+        let start = tokio::time::Instant::now();
         let mut now = start;
         loop {
             // Registered before the check, so an answer landing in between still wakes us.
