@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// How often the e-shops in use have their installation status re-read from the store, so a
 /// change made elsewhere (another replica's `addon:suspend`, `eshops remove`, an uninstall)
 /// reaches this process's cache within this bound rather than at the next token refresh.
-pub const STATUS_RECHECK: Duration = Duration::from_secs(10);
+const STATUS_RECHECK: Duration = Duration::from_secs(10);
 
 /// First backoff after a failed fetch; doubles up to `token_backoff_max` (SPEC B2).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
