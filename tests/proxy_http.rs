@@ -30,13 +30,18 @@ async fn raw_status(addr: SocketAddr, head: &str) -> u16 {
         .expect("connect to the proxy");
     let req = format!("{head}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write request");
+    status_of_answer(&mut s, head).await
+}
+
+/// Reads the whole answer to `request` (sent with `Connection: close`) and returns its status.
+async fn status_of_answer(s: &mut TcpStream, request: &str) -> u16 {
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.expect("read answer");
     let text = String::from_utf8_lossy(&out);
     text.split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in answer to {head:?}: {text:?}"))
+        .unwrap_or_else(|| panic!("no status line in the answer to {request:?}: {text:?}"))
 }
 
 #[tokio::test]
@@ -398,13 +403,7 @@ async fn chunked_post(addr: SocketAddr, body: &str, parts: usize) -> u16 {
         s.flush().await.expect("flush");
     }
     s.write_all(b"0\r\n\r\n").await.expect("write last chunk");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.expect("read answer");
-    let text = String::from_utf8_lossy(&out);
-    text.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text:?}"))
+    status_of_answer(&mut s, &head).await
 }
 
 #[tokio::test]
