@@ -184,11 +184,9 @@ async fn get_429_asking_for_more_than_max_retry_wait_comes_back_with_its_retry_a
 async fn post_after_bucket_429_gets_the_429() {
     let h = small_bucket().await;
     let r = h
-        .call(
-            Method::POST,
+        .post_json(
             ESHOP,
             "/api/orders",
-            &[("content-type", "application/json")],
             r#"{"data":{"email":"buyer@example.com"}}"#,
         )
         .await;

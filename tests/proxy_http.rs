@@ -270,14 +270,11 @@ async fn https_upstream_trusted_through_ca_file() {
     assert_eq!(h.stats().eshops[&ESHOP].api_calls, 1);
     assert_eq!(h.minted(ESHOP), 1, "getAccessToken went over TLS too");
     // A replayed POST over the TLS connection (HTTP/2 by ALPN) is still sent whole, twice.
-    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
-        .await;
+    h.revoke_tokens(ESHOP).await;
     let r = h
-        .call(
-            Method::POST,
+        .post_json(
             ESHOP,
             "/api/orders",
-            &[("content-type", "application/json")],
             r#"{"data":{"email":"tls@example.com"}}"#,
         )
         .await;

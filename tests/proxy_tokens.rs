@@ -113,8 +113,7 @@ async fn revoked_token_refreshes_once() {
     let h = Arc::new(Harness::with(unlimited(), |c| c.proxy.max_in_flight_per_eshop = 20).await);
     h.install(ESHOP).await;
     warm(&h).await;
-    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
-        .await;
+    h.revoke_tokens(ESHOP).await;
     let results = join_all((0..20).map(|_| {
         let h = h.clone();
         tokio::spawn(async move { h.get(ESHOP, "/api/orders").await.status })
@@ -133,15 +132,12 @@ async fn post_replay_is_identical_and_created_once() {
     let h = Harness::start(unlimited()).await;
     h.install(ESHOP).await;
     warm(&h).await;
-    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
-        .await;
+    h.revoke_tokens(ESHOP).await;
     let body = json!({"data": {"email": "buyer@example.com", "note": "replay me"}}).to_string();
     let r = h
-        .call(
-            Method::POST,
+        .post_json(
             ESHOP,
             "/api/orders?suppressDocumentGeneration=true",
-            &[("content-type", "application/json")],
             body.clone(),
         )
         .await;
@@ -207,18 +203,9 @@ async fn body_over_replay_limit_streams_and_is_not_replayed() {
     let h = Harness::with(unlimited(), |c| c.proxy.max_replay_body = 1024).await;
     h.install(ESHOP).await;
     warm(&h).await;
-    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
-        .await;
+    h.revoke_tokens(ESHOP).await;
     let big = json!({"data": {"email": "buyer@example.com", "note": "x".repeat(4096)}}).to_string();
-    let r = h
-        .call(
-            Method::POST,
-            ESHOP,
-            "/api/orders",
-            &[("content-type", "application/json")],
-            big.clone(),
-        )
-        .await;
+    let r = h.post_json(ESHOP, "/api/orders", big.clone()).await;
     assert_eq!(r.status, 401, "the rejection goes back as is");
     assert_eq!(r.error_code().as_deref(), Some("invalid-token"));
     let posts: Vec<_> = h
@@ -315,8 +302,7 @@ async fn large_401_body_is_passed_through() {
     let h = Harness::start(unlimited()).await;
     h.install(ESHOP).await;
     warm(&h).await;
-    h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
-        .await;
+    h.revoke_tokens(ESHOP).await;
     let r = h
         .call(
             Method::GET,
@@ -473,8 +459,7 @@ async fn failed_refresh_after_a_401_is_503_token_unavailable_with_retry_after() 
             .await
             .expect("save token");
         assert_eq!(h.get(ESHOP, "/api/eshop").await.status, 200, "{how:?}");
-        h.sim_control(&format!("/sim/eshops/{ESHOP}/revoke-tokens"))
-            .await;
+        h.revoke_tokens(ESHOP).await;
         for _ in 0..2 {
             let r = h.get(ESHOP, "/api/eshop").await;
             assert_proxy_error(&r, 503, "proxy-token-unavailable");

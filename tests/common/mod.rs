@@ -275,6 +275,29 @@ impl Harness {
     }
 
     /// A `POST /sim/...` control call; panics unless it answers 2xx.
+    /// Revokes every API token the simulator issued for `eshop_id` (the next call meets a 401).
+    pub async fn revoke_tokens(&self, eshop_id: u64) {
+        self.sim_control(&format!("/sim/eshops/{eshop_id}/revoke-tokens"))
+            .await;
+    }
+
+    /// A tagged POST of a JSON `body` to `path`.
+    pub async fn post_json(
+        &self,
+        eshop_id: u64,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> TestResponse {
+        self.call(
+            Method::POST,
+            eshop_id,
+            path,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+    }
+
     pub async fn sim_control(&self, path: &str) -> Value {
         let r = self
             .client
