@@ -276,13 +276,7 @@ async fn admin_writes_need_the_admin_token() {
         h.http.get(&p.admin_url("/admin/eshops"), &[]).await.status,
         200
     );
-    let inst = h
-        .store()
-        .await
-        .get(ESHOP)
-        .await
-        .unwrap()
-        .expect("untouched");
+    let inst = h.installation(ESHOP).await;
     assert_ne!(inst.oauth_token.expose(), "x");
 }
 

@@ -74,13 +74,7 @@ async fn install_and_webhooks_work_across_replicas() {
     // Replica b adopts the token a minted at installation, and verifies with the key a obtained.
     assert_eq!(b.api_get(&h.http, ESHOPS[0]).await.status, 200);
     assert_eq!(h.minted(ESHOPS[0]), 1);
-    let key = h
-        .store()
-        .await
-        .get(ESHOPS[0])
-        .await
-        .unwrap()
-        .expect("stored");
+    let key = h.installation(ESHOPS[0]).await;
     let key = key.signature_key.expect("key").expose().to_owned();
     h.hooks.respond_with(&[500]);
     let body = format!(

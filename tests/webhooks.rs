@@ -18,13 +18,7 @@ async fn installed(h: &mut Deployment, p: &Proxy) {
 
 /// The signature key the proxy obtained at installation.
 async fn signature_key(h: &Deployment) -> String {
-    let inst = h
-        .store()
-        .await
-        .get(ESHOP)
-        .await
-        .unwrap()
-        .expect("installed");
+    let inst = h.installation(ESHOP).await;
     inst.signature_key.expect("key stored").expose().to_owned()
 }
 

@@ -9,7 +9,7 @@ use shoptet_proxy::app::{self, Running};
 use shoptet_proxy::config::Config;
 use shoptet_proxy::sim::testing::{TestClient, TestResponse, WebhookReceiver};
 use shoptet_proxy::sim::{SimConfig, SimHandle, Simulator};
-use shoptet_proxy::store::{generate_key_base64, Keyring, Store};
+use shoptet_proxy::store::{generate_key_base64, Installation, Keyring, Store};
 use std::path::PathBuf;
 
 /// The admin bearer token the harness configures.
@@ -113,6 +113,16 @@ key_file = "{dir}/store.key"
         Store::open(&self.store_url, keys)
             .await
             .expect("store opens")
+    }
+
+    /// The stored installation of `eshop_id`; panics if there is none.
+    pub async fn installation(&self, eshop_id: u64) -> Installation {
+        self.store()
+            .await
+            .get(eshop_id)
+            .await
+            .expect("store read")
+            .expect("installation stored")
     }
 
     /// Starts a proxy on the harness's store with the default config.
