@@ -8,12 +8,12 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use futures_util::FutureExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use shoptet_proxy::error::ProxyError;
-use shoptet_proxy::eshops::Eshops;
 use shoptet_proxy::proxy::rewrite_request_headers;
+use shoptet_proxy::proxy::tag;
 use shoptet_proxy::secret::Secret;
+use shoptet_proxy::state::eshops::Eshops;
+use shoptet_proxy::state::tokens::{TokenCache, TokenConfig};
 use shoptet_proxy::store::{AccessToken, Keyring, Store};
-use shoptet_proxy::tag;
-use shoptet_proxy::tokens::{TokenCache, TokenConfig};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

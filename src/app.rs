@@ -4,18 +4,18 @@
 //! before any port is bound. Tests and `demo` use [`start`] in-process with port 0 and read the
 //! bound addresses from [`Running`]; `serve` adds signals and systemd readiness around it.
 
-use crate::admin::Admin;
 use crate::config::Config;
-use crate::eshops::Eshops;
-use crate::flow::{Flow, FlowConfig};
-use crate::metrics::Metrics;
-use crate::oauth::OAuthClient;
+use crate::http::client;
+use crate::limits::flow::{Flow, FlowConfig};
+use crate::listeners::admin::Admin;
+use crate::listeners::public::Public;
+use crate::listeners::server::{self, Shutdown};
 use crate::proxy::{Proxy, ProxySettings};
-use crate::public::Public;
-use crate::server::{self, Shutdown};
+use crate::shoptet::oauth::OAuthClient;
+use crate::state::eshops::Eshops;
+use crate::state::tokens::{TokenCache, TokenConfig};
 use crate::store::{Keyring, Store, StoreError};
-use crate::tokens::{TokenCache, TokenConfig};
-use crate::upstream;
+use crate::telemetry::metrics::Metrics;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ pub enum StartError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("TLS: {0}")]
-    Tls(#[from] upstream::TlsSetupError),
+    Tls(#[from] client::TlsSetupError),
     #[error("{what}: {detail}")]
     Invalid { what: &'static str, detail: String },
     #[error("cannot listen on {addr} ({listener}): {source}")]
@@ -126,9 +126,9 @@ pub struct Core {
 
 /// Builds the upstream client, the OAuth client, the token cache and the proxy on `store`.
 pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
-    upstream::install_crypto_provider();
+    client::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
-    let client = upstream::client(cfg.shoptet.ca_file.as_deref(), cfg.shoptet.connect_timeout)?;
+    let client = client::client(cfg.shoptet.ca_file.as_deref(), cfg.shoptet.connect_timeout)?;
     let oauth = Arc::new(
         OAuthClient::new(
             client.clone(),
@@ -213,12 +213,14 @@ pub async fn start_with_limits(
     } = core(&cfg, store.clone())?;
 
     let public_tls = match (&cfg.public.tls_cert_file, &cfg.public.tls_key_file) {
-        (Some(cert), Some(key)) => Some(crate::public::tls_acceptor(cert, key).map_err(
-            |detail| StartError::Invalid {
-                what: "public.tls_cert_file/tls_key_file",
-                detail,
-            },
-        )?),
+        (Some(cert), Some(key)) => Some(
+            crate::listeners::public::tls_acceptor(cert, key).map_err(|detail| {
+                StartError::Invalid {
+                    what: "public.tls_cert_file/tls_key_file",
+                    detail,
+                }
+            })?,
+        ),
         _ => None,
     };
 
@@ -287,7 +289,7 @@ pub async fn start_with_limits(
             limits,
         ));
     }
-    tasks.spawn(crate::outbox::run(app.clone(), wake));
+    tasks.spawn(crate::delivery::run(app.clone(), wake));
     {
         let app = app.clone();
         tasks.spawn(async move {
@@ -385,7 +387,7 @@ fn reload(current: &mut Config, config_path: Option<&Path>) {
         }
     };
     if new.log.level != current.log.level {
-        match crate::logging::set_level(&new.log.level) {
+        match crate::telemetry::logging::set_level(&new.log.level) {
             Ok(()) => {
                 tracing::info!(filter = %new.log.level, "reload: log level changed");
                 current.log.level = new.log.level.clone();

@@ -1,7 +1,20 @@
 //! shoptet-proxy: a token-managing authenticating reverse proxy for the Shoptet API.
 //!
-//! Data flows one way: request in → tag → token → upstream → response out.
-//! Each module owns one concern; `main.rs` only parses the command line and calls in here.
+//! Data flows one way: request in → tag → slot → token → upstream → response out.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`proxy`] | the proxied request (tag, the one answer policy, forwarding) |
+//! | [`limits`] | flow control (slots, FIFO queue) and leaky-bucket pacing |
+//! | [`state`] | the per-e-shop runtime record and the token cache |
+//! | [`shoptet`] | clients of Shoptet: partner OAuth, the API calls the proxy makes itself, signatures |
+//! | [`listeners`] | server plumbing and the admin and public listeners |
+//! | [`delivery`] | the durable outbox that POSTs events and webhooks to the addon |
+//! | [`store`] | the encrypted installation store (SQLite, PostgreSQL) |
+//! | [`config`], [`telemetry`], [`http`] | configuration; metrics and logs; body types and the pooled client |
+//! | [`app`], [`cli`], [`sim`] | assembly and `serve`; the command line; the Shoptet simulator |
+//!
+//! Lower modules never import higher ones: `main.rs` only parses the command line and calls in here.
 
 /// Version string shown by `--version` and the build-info metric: crate version plus git commit.
 pub const VERSION: &str = concat!(
@@ -10,29 +23,18 @@ pub const VERSION: &str = concat!(
     env!("SHOPTET_PROXY_GIT_COMMIT"),
     ")"
 );
-pub mod admin;
 pub mod app;
-pub mod body;
-pub mod bucket;
 pub mod cli;
-pub mod commands;
 pub mod config;
-pub mod demo;
+pub mod delivery;
 pub mod error;
-pub mod eshops;
-pub mod flow;
-pub mod logging;
-pub mod metrics;
-pub mod oauth;
-pub mod outbox;
+pub mod http;
+pub mod limits;
+pub mod listeners;
 pub mod proxy;
-pub mod public;
 pub mod secret;
-pub mod server;
-pub mod shoptet_api;
-pub mod signature;
+pub mod shoptet;
 pub mod sim;
+pub mod state;
 pub mod store;
-pub mod tag;
-pub mod tokens;
-pub mod upstream;
+pub mod telemetry;

@@ -7,5 +7,5 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    shoptet_proxy::commands::run(shoptet_proxy::cli::parse())
+    shoptet_proxy::cli::commands::run(shoptet_proxy::cli::parse())
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, ESHOP};
 use http::{Request, StatusCode};
-use shoptet_proxy::server::Limits;
+use shoptet_proxy::listeners::server::Limits;
 use shoptet_proxy::sim::testing::{self, TestClient};
 use shoptet_proxy::sim::{SimConfig, SimHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

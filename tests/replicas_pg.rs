@@ -81,7 +81,7 @@ async fn install_and_webhooks_work_across_replicas() {
         r#"{{"eshopId":{},"event":"order:create","eventInstance":"1"}}"#,
         ESHOPS[0]
     );
-    let sig = shoptet_proxy::signature::sign(key.as_bytes(), body.as_bytes());
+    let sig = shoptet_proxy::shoptet::signature::sign(key.as_bytes(), body.as_bytes());
     let r = h
         .http
         .request(

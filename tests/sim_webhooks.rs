@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use shoptet_proxy::signature;
+use shoptet_proxy::shoptet::signature;
 use shoptet_proxy::sim::testing::{start, TestClient, TestResponse, WebhookReceiver};
 use shoptet_proxy::sim::{SimConfig, SimHandle, SimStats};
 

@@ -6,7 +6,7 @@ mod common;
 use common::binary::Served;
 use common::deploy::{Deployment, Proxy};
 use serde_json::{json, Value};
-use shoptet_proxy::signature;
+use shoptet_proxy::shoptet::signature;
 
 const ESHOP: u64 = 315185;
 

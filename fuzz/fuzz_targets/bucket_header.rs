@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoptet_proxy::bucket::{parse_filling, Bucket};
+use shoptet_proxy::limits::bucket::{parse_filling, Bucket};
 use std::time::Duration;
 use tokio::time::Instant;
 

@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use libfuzzer_sys::fuzz_target;
-use shoptet_proxy::tag;
+use shoptet_proxy::proxy::tag;
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.split(|b| *b == b'\n');

@@ -115,7 +115,7 @@ async fn attempts(state: &State, id: u64, eshop_id: u64, url: &str, body: Bytes)
         let key = state
             .eshop(eshop_id)
             .and_then(|e| e.signature_key.lock().ok().and_then(|k| k.clone()));
-        let signature = key.map(|k| crate::signature::sign(k.as_bytes(), &body));
+        let signature = key.map(|k| crate::shoptet::signature::sign(k.as_bytes(), &body));
         let result = post(state, url, body.clone(), signature.as_deref()).await;
         let delivered = matches!(result, Ok(200));
         let (status, error) = match result {

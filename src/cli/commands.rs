@@ -1,13 +1,13 @@
 //! What each subcommand does (SPEC B6), given a parsed command line. `main.rs` only parses and
 //! exits with the status returned here: 0 success, 1 runtime failure, 2 invalid configuration.
 
-use crate::admin::{self, SignatureKey};
 use crate::app::{self, StartError};
 use crate::cli::{self, Cli, Command, EshopsCommand, StoreCommand};
 use crate::config::Config;
-use crate::logging;
+use crate::listeners::admin::{self, SignatureKey};
 use crate::secret::Secret;
 use crate::store::{self, NewInstallation};
+use crate::telemetry::logging;
 use std::process::ExitCode;
 
 fn config_or_exit(cli: &Cli) -> Result<Config, ExitCode> {
@@ -87,16 +87,16 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 logging::fatal_as(Config::requested_log_format(cli.config.as_deref()), e);
                 ExitCode::from(2)
             })?;
-            crate::logging::init(&cfg.log);
+            crate::telemetry::logging::init(&cfg.log);
             let result = runtime()?.block_on(app::serve(cfg, cli.config.as_deref()));
             Ok(result.map_or_else(|e| start_failed(&e), |()| ExitCode::SUCCESS))
         }
         Command::Demo => {
             let cfg = config_or_exit(&cli)?;
-            crate::logging::init(&cfg.log);
-            Ok(match runtime()?.block_on(crate::demo::run(cfg)) {
+            crate::telemetry::logging::init(&cfg.log);
+            Ok(match runtime()?.block_on(crate::cli::demo::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(crate::demo::DemoError::Start(e)) => start_failed(&e),
+                Err(crate::cli::demo::DemoError::Start(e)) => start_failed(&e),
                 Err(e) => {
                     logging::fatal(e);
                     ExitCode::FAILURE
@@ -104,7 +104,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
             })
         }
         Command::Sim(args) => {
-            crate::logging::init(&crate::config::Log {
+            crate::telemetry::logging::init(&crate::config::Log {
                 format: crate::config::LogFormat::Text,
                 level: "info".into(),
             });

@@ -7,15 +7,15 @@
 //! a POST that may have reached Shoptet is never sent twice except after a 401, which proves
 //! Shoptet refused it before acting.
 
-use crate::body::{read_for_replay, read_up_to, ClientBody, Limited, ReqBody, RespBody};
 use crate::error::ProxyError;
-use crate::eshops::Eshops;
-use crate::flow::{Flow, Permit};
-use crate::metrics::Metrics;
+use crate::http::body::{read_for_replay, read_up_to, ClientBody, Limited, ReqBody, RespBody};
+use crate::limits::flow::{Flow, Permit};
 use crate::secret::Secret;
-use crate::tag;
-use crate::tokens::TokenCache;
-use crate::upstream::Client;
+use crate::state::eshops::Eshops;
+use crate::telemetry::metrics::Metrics;
+pub mod tag;
+use crate::http::client::Client;
+use crate::state::tokens::TokenCache;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};

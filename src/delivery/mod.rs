@@ -7,7 +7,7 @@
 //! addon cannot get back. Items are leased by the store, so several replicas share the work.
 
 use crate::app::App;
-use crate::body::ReqBody;
+use crate::http::body::ReqBody;
 use crate::store::{OutboxItem, OutboxKind};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};

@@ -4,7 +4,7 @@
 //! for the simulator or a corporate TLS proxy), HTTP/1.1 and HTTP/2 chosen by ALPN, keep-alive
 //! connections with TCP_NODELAY. Plain `http://` is allowed because the simulator and tests use it.
 
-use crate::body::ReqBody;
+use crate::http::body::ReqBody;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::rt::{TokioExecutor, TokioTimer};

@@ -8,10 +8,10 @@
 //! holds its slot while it waits for the drain, so pacing an e-shop never delays another one.
 //! The [`Permit`] is the upstream slot: it lives in the response body until the answer is sent.
 
-use crate::bucket::{self, Bucket};
 use crate::error::ProxyError;
-use crate::eshops::Eshop;
-use crate::metrics::Metrics;
+use crate::limits::bucket::{self, Bucket};
+use crate::state::eshops::Eshop;
+use crate::telemetry::metrics::Metrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -275,7 +275,7 @@ mod tests {
 
     /// The e-shop every test sends for.
     fn eshop() -> Arc<Eshop> {
-        crate::eshops::Eshops::new(3).get(1)
+        crate::state::eshops::Eshops::new(3).get(1)
     }
 
     fn flow(queue_timeout: Duration, bucket_reserve: Option<f64>) -> Flow {

@@ -109,7 +109,7 @@ async fn install(app: &app::App, sim_url: &str, public_url: &str) -> Result<(), 
         serde_json::json!({"eshopId": DEMO_ESHOP, "installUrl": format!("{public_url}/install")});
     let req = http::Request::post(format!("{sim_url}/sim/eshops"))
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(crate::body::ReqBody::full(bytes::Bytes::from(
+        .body(crate::http::body::ReqBody::full(bytes::Bytes::from(
             body.to_string(),
         )))
         .map_err(|e| DemoError::Install(e.to_string()))?;

@@ -5,10 +5,10 @@
 //! none of the statuses, so classification looks at the `error` string first and the status second.
 //! The answer bodies carry secrets: they are parsed here and never logged or echoed.
 
-use crate::body::ReqBody;
+use crate::http::body::ReqBody;
+use crate::http::client::Client;
 use crate::secret::Secret;
 use crate::store::AccessToken;
-use crate::upstream::Client;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};

@@ -23,10 +23,10 @@
 //! applies what changed.
 
 use crate::error::ProxyError;
-use crate::eshops::{Eshop, Eshops};
-use crate::metrics::Metrics;
-use crate::oauth::{FetchError, OAuthClient};
+use crate::shoptet::oauth::{FetchError, OAuthClient};
+use crate::state::eshops::{Eshop, Eshops};
 use crate::store::{AccessToken, Status, Store};
+use crate::telemetry::metrics::Metrics;
 use http::HeaderValue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -173,9 +173,9 @@ impl TokenCache {
         eshops: Arc<Eshops>,
         store: Store,
         cfg: TokenConfig,
-    ) -> Result<TokenCache, crate::upstream::TlsSetupError> {
-        crate::upstream::install_crypto_provider();
-        let client = crate::upstream::client(None, Duration::from_secs(1))?;
+    ) -> Result<TokenCache, crate::http::client::TlsSetupError> {
+        crate::http::client::install_crypto_provider();
+        let client = crate::http::client::client(None, Duration::from_secs(1))?;
         let closed = url::Url::parse("http://127.0.0.1:9/").expect("a valid literal URL");
         let oauth = OAuthClient::new(
             client,

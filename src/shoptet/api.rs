@@ -4,8 +4,8 @@
 //! the proxy can verify the e-shop's webhooks (SPEC A4, B5). It uses the e-shop's current token
 //! from the cache, so installing does not mint a token that the first API call then mints again.
 
-use crate::body::ReqBody;
 use crate::error::ProxyError;
+use crate::http::body::ReqBody;
 use crate::proxy::Proxy;
 use crate::secret::Secret;
 use http::{header, HeaderValue, Method, Request, StatusCode};

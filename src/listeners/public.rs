@@ -9,12 +9,12 @@
 //! itself confirms it.
 
 use crate::app::App;
-use crate::body::{json, RespBody};
 use crate::error::ProxyError;
-use crate::oauth::FetchError;
+use crate::http::body::{json, RespBody};
 use crate::secret::Secret;
-use crate::shoptet_api;
-use crate::signature;
+use crate::shoptet::api;
+use crate::shoptet::oauth::FetchError;
+use crate::shoptet::signature;
 use crate::store::{NewInstallation, OutboxKind, Status};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -167,7 +167,7 @@ impl Public {
         // so a renewal that outlasts the install answer must still store the key it brings back.
         let app = self.app.clone();
         let renewal = tokio::spawn(async move {
-            match shoptet_api::renew_signature_key(&app.proxy, eshop_id).await {
+            match api::renew_signature_key(&app.proxy, eshop_id).await {
                 Ok(key) => {
                     if let Err(e) = app.store.set_signature_key(eshop_id, &key).await {
                         tracing::error!(eshop_id, error = %e, "installation: cannot store the signature key");

@@ -1,18 +1,18 @@
 //! The per-e-shop runtime record: one map entry holds everything the hot path keeps about an
-//! e-shop — its token state ([`crate::tokens`]) and its flow state ([`crate::flow`]).
+//! e-shop — its token state ([`crate::state::tokens`]) and its flow state ([`crate::limits::flow`]).
 //!
 //! Why one record: a proxied request used to look its e-shop up twice (token cache, flow control),
 //! each a SipHash over a sharded map and a pointer chase to a separately allocated entry. With
 //! 100,000 e-shops in the traffic those are cache misses on every request, and two entries (plus a
 //! separately allocated semaphore) cost memory per e-shop. The request now looks its e-shop up once
 //! and hands the record on. An e-shop whose installation is replaced or removed has its token state
-//! reset in place ([`crate::tokens::TokenCache::forget`]), so a request in flight keeps a valid
+//! reset in place ([`crate::state::tokens::TokenCache::forget`]), so a request in flight keeps a valid
 //! record and its upstream slot. Records go only when nothing but the map holds them and their
 //! owner calls them idle ([`Eshops::evict`]): ids that were never installed (a typo, a probe)
 //! would otherwise cost memory for the life of the process.
 
-use crate::flow::Lane;
-use crate::tokens::Slot;
+use crate::limits::flow::Lane;
+use crate::state::tokens::Slot;
 use dashmap::DashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! configuration (`check-config`, `gen-key`). Everything else is dispatched by `main.rs` to the
 //! module that owns it, so this file stays a readable map of the user interface.
 
+pub mod commands;
+pub mod demo;
+
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;

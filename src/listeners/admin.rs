@@ -5,13 +5,13 @@
 //! no admin token is configured. No answer here ever contains a secret.
 
 use crate::app::App;
-use crate::body::{json, local, RespBody};
 use crate::error::ProxyError;
+use crate::http::body::{json, local, RespBody};
+use crate::proxy::tag::parse_id;
 use crate::proxy::Proxy;
 use crate::secret::Secret;
-use crate::shoptet_api;
+use crate::shoptet::api;
 use crate::store::{NewInstallation, Store, StoreError};
-use crate::tag::parse_id;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -85,7 +85,7 @@ pub async fn import_installation(
     let eshop_id = new.eshop_id;
     store.upsert_installation(new, None).await?;
     proxy.tokens.forget(eshop_id);
-    match shoptet_api::renew_signature_key(proxy, eshop_id).await {
+    match api::renew_signature_key(proxy, eshop_id).await {
         Ok(key) => {
             store.set_signature_key(eshop_id, &key).await?;
             Ok(SignatureKey::Renewed)
@@ -176,7 +176,7 @@ impl Admin {
     async fn metrics(&self) -> Response<AdminBody> {
         // Store-backed gauges are read at scrape time: cheap, and always current.
         if let Ok(counts) = self.app.store.count_by_status().await {
-            for status in crate::metrics::INSTALLATION_STATUSES {
+            for status in crate::telemetry::metrics::INSTALLATION_STATUSES {
                 let n = counts
                     .iter()
                     .find(|(s, _)| s.as_str() == status)

@@ -1,0 +1,4 @@
+//! HTTP plumbing shared by every part: the body types that travel through the proxy and the
+//! pooled rustls client that reaches Shoptet.
+pub mod body;
+pub mod client;

@@ -1,0 +1,6 @@
+//! Everything that accepts connections: the server plumbing shared by all listeners
+//! ([`server`]: HTTP/1.1 + h2c, limits, graceful drain), the admin listener ([`admin`]) and the
+//! public listener ([`public`]: Shoptet's install callback and webhooks).
+pub mod admin;
+pub mod public;
+pub mod server;
