@@ -10,7 +10,6 @@
 
 use crate::error::ProxyError;
 use crate::limits::bucket::{self, Bucket};
-use crate::state::eshops::Eshop;
 use crate::telemetry::metrics::Metrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +38,9 @@ pub struct Flow {
     metrics: Arc<Metrics>,
 }
 
-/// One e-shop's part of flow control, kept in its [`Eshop`] record.
+/// One e-shop's part of flow control, kept inline in that e-shop's runtime record
+/// ([`crate::state::eshops`]); flow control reaches it through [`AsRef`] so it does not depend on
+/// the record's other parts.
 pub struct Lane {
     /// Upstream slots. A slot taken is `forget`-ed and given back by [`Permit`]'s drop, so the
     /// semaphore lives inline in the record instead of in an `Arc` of its own.
@@ -72,7 +73,8 @@ pub struct Admission {
 
 /// One upstream slot of one e-shop. Dropping it frees the slot.
 pub struct Permit {
-    eshop: Arc<Eshop>,
+    /// The record that holds the lane, kept alive while the request is in flight.
+    owner: Arc<dyn AsRef<Lane> + Send + Sync>,
     _global: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
     /// Counted in flight by the bucket model until its answer (or its drop) settles it.
@@ -102,12 +104,12 @@ impl Flow {
     }
 
     /// Waits for an upstream slot for `eshop`, at most until `arrived + queue_timeout`.
-    pub async fn admit(
+    pub async fn admit<R: AsRef<Lane> + Send + Sync + 'static>(
         &self,
-        eshop: &Arc<Eshop>,
+        owner: &Arc<R>,
         arrived: Instant,
     ) -> Result<Admission, ProxyError> {
-        let lane = &eshop.flow;
+        let lane = owner.as_ref().as_ref();
         let deadline = tokio::time::Instant::from_std(arrived + self.cfg.queue_timeout);
         // When this request started waiting for a slot, if it had to: the common case reads no
         // clock here, and a slow request body read before admission never counts as queueing.
@@ -164,7 +166,7 @@ impl Flow {
         std::mem::forget(slot);
         Ok(Admission {
             permit: Permit {
-                eshop: eshop.clone(),
+                owner: owner.clone(),
                 _global: global,
                 metrics: self.metrics.clone(),
                 awaiting_answer: true,
@@ -220,11 +222,15 @@ fn lock(m: &Mutex<Bucket>) -> std::sync::MutexGuard<'_, Bucket> {
 }
 
 impl Permit {
+    fn lane(&self) -> &Lane {
+        self.owner.as_ref().as_ref()
+    }
+
     /// The request is about to be sent upstream. The first send was reserved at admission; a
     /// resend (replay, 429 retry) is counted in flight again, unpaced.
     pub fn sending(&mut self) {
         if !self.awaiting_answer {
-            lock(&self.eshop.flow.bucket).reserve_anyway();
+            lock(&self.lane().bucket).reserve_anyway();
             self.awaiting_answer = true;
         }
     }
@@ -239,10 +245,11 @@ impl Permit {
         let filling = headers
             .get(&BUCKET_FILLING)
             .and_then(|v| bucket::parse_filling(v.as_bytes()));
-        let mut b = lock(&self.eshop.flow.bucket);
-        if self.awaiting_answer {
+        let settles = std::mem::replace(&mut self.awaiting_answer, false);
+        let lane = self.owner.as_ref().as_ref();
+        let mut b = lock(&lane.bucket);
+        if settles {
             b.answered(now, filling);
-            self.awaiting_answer = false;
         }
         // The concurrency 429 (nginx) carries no Retry-After; only the bucket's does.
         if status == http::StatusCode::TOO_MANY_REQUESTS
@@ -252,14 +259,14 @@ impl Permit {
             self.metrics.bucket_429.inc();
         }
         drop(b);
-        self.eshop.flow.answers.notify_waiters();
+        lane.answers.notify_waiters();
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
-        let lane = &self.eshop.flow;
+        let lane = self.owner.as_ref().as_ref();
         if self.awaiting_answer {
             lock(&lane.bucket).answered(tokio::time::Instant::now(), None);
             lane.answers.notify_waiters();
@@ -274,8 +281,17 @@ mod tests {
     use http::{HeaderMap, HeaderValue, StatusCode};
 
     /// The e-shop every test sends for.
+    /// A record holding only a lane, as the per-e-shop record does among its other parts.
+    struct Eshop(Lane);
+
+    impl AsRef<Lane> for Eshop {
+        fn as_ref(&self) -> &Lane {
+            &self.0
+        }
+    }
+
     fn eshop() -> Arc<Eshop> {
-        crate::state::eshops::Eshops::new(3).get(1)
+        Arc::new(Eshop(Lane::new(3)))
     }
 
     fn flow(queue_timeout: Duration, bucket_reserve: Option<f64>) -> Flow {

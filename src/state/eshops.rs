@@ -24,6 +24,12 @@ pub struct Eshop {
     pub(crate) flow: Lane,
 }
 
+impl AsRef<Lane> for Eshop {
+    fn as_ref(&self) -> &Lane {
+        &self.flow
+    }
+}
+
 /// All e-shops seen since start, by id.
 pub struct Eshops {
     map: DashMap<u64, Arc<Eshop>, IdHash>,
