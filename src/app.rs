@@ -5,10 +5,11 @@
 //! bound addresses from [`Running`]; `serve` adds signals and systemd readiness around it.
 
 use crate::config::Config;
+use crate::delivery::{Outbox, Targets};
 use crate::http::client;
 use crate::limits::flow::{Flow, FlowConfig};
-use crate::listeners::admin::Admin;
-use crate::listeners::public::Public;
+use crate::listeners::admin::{Admin, Readiness};
+use crate::listeners::public::{Public, PublicSettings};
 use crate::listeners::server::{self, Shutdown};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::shoptet::oauth::OAuthClient;
@@ -18,7 +19,6 @@ use crate::store::{Keyring, Store, StoreError};
 use crate::telemetry::metrics::Metrics;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
@@ -48,14 +48,7 @@ pub struct App {
     pub oauth: Arc<OAuthClient>,
     pub proxy: Arc<Proxy>,
     pub shutdown: Shutdown,
-    ready: AtomicBool,
-}
-
-impl App {
-    /// Ready = listeners bound and not draining; the store is checked per probe.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutdown.is_triggered()
-    }
+    pub readiness: Readiness,
 }
 
 /// Running listeners of one proxy instance.
@@ -235,19 +228,26 @@ pub async fn start_with_limits(
     };
 
     let drain = cfg.proxy.shutdown_timeout;
+    let shutdown = Shutdown::new();
     let app = Arc::new(App {
         cfg,
         store,
         metrics,
         oauth,
         proxy,
-        shutdown: Shutdown::new(),
-        ready: AtomicBool::new(false),
+        readiness: Readiness::new(shutdown.clone()),
+        shutdown,
     });
     let mut tasks = JoinSet::new();
     let admin_shutdown = Shutdown::new();
     let admin = {
-        let admin = Arc::new(Admin::new(app.clone()));
+        let admin = Arc::new(Admin {
+            store: app.store.clone(),
+            proxy: app.proxy.clone(),
+            metrics: app.metrics.clone(),
+            token: app.cfg.admin.token.clone(),
+            readiness: app.readiness.clone(),
+        });
         tokio::spawn(server::serve(
             admin_listener,
             None,
@@ -276,7 +276,20 @@ pub async fn start_with_limits(
     }
     let wake = Arc::new(tokio::sync::Notify::new());
     if let Some(listener) = public_listener {
-        let public = Arc::new(Public::new(app.clone(), wake.clone()));
+        let public = Arc::new(Public {
+            settings: PublicSettings {
+                install_allow: app.cfg.public.install_allow.clone(),
+                webhook_allow: app.cfg.public.webhook_allow.clone(),
+                trusted_proxies: app.cfg.public.trusted_proxies.clone(),
+                deliver_events: app.cfg.addon.events_url.is_some(),
+                deliver_webhooks: app.cfg.addon.webhooks_url.is_some(),
+            },
+            store: app.store.clone(),
+            oauth: app.oauth.clone(),
+            proxy: app.proxy.clone(),
+            metrics: app.metrics.clone(),
+            outbox: wake.clone(),
+        });
         tasks.spawn(server::serve(
             listener,
             public_tls,
@@ -289,7 +302,18 @@ pub async fn start_with_limits(
             limits,
         ));
     }
-    tasks.spawn(crate::delivery::run(app.clone(), wake));
+    let outbox = Outbox {
+        targets: Targets {
+            events_url: app.cfg.addon.events_url.clone(),
+            webhooks_url: app.cfg.addon.webhooks_url.clone(),
+            retry_max: app.cfg.addon.retry_max,
+        },
+        store: app.store.clone(),
+        client: client::client(None, app.cfg.shoptet.connect_timeout)?,
+        metrics: app.metrics.clone(),
+        shutdown: app.shutdown.clone(),
+    };
+    tasks.spawn(crate::delivery::run(Arc::new(outbox), wake));
     {
         let app = app.clone();
         tasks.spawn(async move {
@@ -299,7 +323,7 @@ pub async fn start_with_limits(
             }
         });
     }
-    app.ready.store(true, Ordering::Release);
+    app.readiness.set_bound();
     tracing::info!(
         %proxy_addr,
         %admin_addr,

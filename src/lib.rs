@@ -29,6 +29,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod http;
+pub mod install;
 pub mod limits;
 pub mod listeners;
 pub mod proxy;

@@ -4,7 +4,7 @@
 use crate::app::{self, StartError};
 use crate::cli::{self, Cli, Command, EshopsCommand, StoreCommand};
 use crate::config::Config;
-use crate::listeners::admin::{self, SignatureKey};
+use crate::install::{self, SignatureKey};
 use crate::secret::Secret;
 use crate::store::{self, NewInstallation};
 use crate::telemetry::logging;
@@ -175,7 +175,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                             Ok(core) => core,
                             Err(e) => return Ok(start_failed(&e)),
                         };
-                        let key = admin::import_installation(&store, &core.proxy, &new).await?;
+                        let key = install::import_installation(&store, &core.proxy, &new).await?;
                         println!("imported e-shop {} (active)", new.eshop_id);
                         match key {
                             SignatureKey::Renewed => println!("webhook signature key: renewed"),

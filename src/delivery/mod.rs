@@ -6,9 +6,11 @@
 //! (1 s doubling up to `retry_max`), forever: dropping an undelivered webhook would lose data the
 //! addon cannot get back. Items are leased by the store, so several replicas share the work.
 
-use crate::app::App;
 use crate::http::body::ReqBody;
-use crate::store::{OutboxItem, OutboxKind};
+use crate::http::client::Client;
+use crate::listeners::server::Shutdown;
+use crate::store::{OutboxItem, OutboxKind, Store};
+use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use std::sync::Arc;
@@ -30,8 +32,26 @@ pub fn backoff(attempts: u32, max: Duration) -> Duration {
         .min(max)
 }
 
+/// Where deliveries go (`[addon]`).
+pub struct Targets {
+    pub events_url: Option<url::Url>,
+    pub webhooks_url: Option<url::Url>,
+    /// The longest backoff between attempts.
+    pub retry_max: Duration,
+}
+
+/// The delivery worker's handles: the store's outbox, its own HTTP client for the addon (not
+/// the one built for Shoptet, whose CA settings and pool are Shoptet's), the metrics.
+pub struct Outbox {
+    pub targets: Targets,
+    pub store: Store,
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Shutdown,
+}
+
 /// Runs until shutdown; an item being delivered when shutdown comes is finished first.
-pub async fn run(app: Arc<App>, wake: Arc<Notify>) {
+pub async fn run(app: Arc<Outbox>, wake: Arc<Notify>) {
     loop {
         if app.shutdown.is_triggered() {
             return;
@@ -56,10 +76,10 @@ pub async fn run(app: Arc<App>, wake: Arc<Notify>) {
     }
 }
 
-async fn deliver(app: &App, item: OutboxItem) {
+async fn deliver(app: &Outbox, item: OutboxItem) {
     let url = match item.kind {
-        OutboxKind::Event => app.cfg.addon.events_url.as_ref(),
-        OutboxKind::Webhook => app.cfg.addon.webhooks_url.as_ref(),
+        OutboxKind::Event => app.targets.events_url.as_ref(),
+        OutboxKind::Webhook => app.targets.webhooks_url.as_ref(),
     };
     let Some(url) = url else {
         // The target was unset after the item was queued: keep it until one is configured.
@@ -68,7 +88,7 @@ async fn deliver(app: &App, item: OutboxItem) {
             .outbox_retry_at(
                 item.id,
                 item.attempts,
-                SystemTime::now() + app.cfg.addon.retry_max,
+                SystemTime::now() + app.targets.retry_max,
             )
             .await;
         return;
@@ -93,7 +113,7 @@ async fn deliver(app: &App, item: OutboxItem) {
     let settled = if ok {
         app.store.outbox_delivered(item.id).await
     } else {
-        let wait = backoff(item.attempts, app.cfg.addon.retry_max);
+        let wait = backoff(item.attempts, app.targets.retry_max);
         app.store
             .outbox_retry_at(item.id, item.attempts + 1, SystemTime::now() + wait)
             .await
@@ -104,7 +124,7 @@ async fn deliver(app: &App, item: OutboxItem) {
     }
 }
 
-async fn post(app: &App, url: &str, body: Vec<u8>) -> Result<http::StatusCode, String> {
+async fn post(app: &Outbox, url: &str, body: Vec<u8>) -> Result<http::StatusCode, String> {
     let req = Request::builder()
         .method(Method::POST)
         .uri(url)
@@ -114,7 +134,7 @@ async fn post(app: &App, url: &str, body: Vec<u8>) -> Result<http::StatusCode, S
         )
         .body(ReqBody::full(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(DELIVERY_TIMEOUT, app.proxy.client.request(req))
+    let resp = tokio::time::timeout(DELIVERY_TIMEOUT, app.client.request(req))
         .await
         .map_err(|_| "no answer within 4 s".to_owned())?
         .map_err(|e| e.to_string())?;

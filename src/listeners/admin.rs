@@ -4,19 +4,21 @@
 //! loopback by default; writes need `Authorization: Bearer <admin token>` and are off entirely when
 //! no admin token is configured. No answer here ever contains a secret.
 
-use crate::app::App;
 use crate::error::ProxyError;
 use crate::http::body::{json, local, RespBody};
+use crate::install::import_installation;
+use crate::listeners::server::Shutdown;
 use crate::proxy::tag::parse_id;
 use crate::proxy::Proxy;
 use crate::secret::Secret;
-use crate::shoptet::api;
-use crate::store::{NewInstallation, Store, StoreError};
+use crate::store::{NewInstallation, Store};
+use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// An import body is the code-exchange answer: a few hundred bytes.
@@ -24,8 +26,40 @@ const MAX_IMPORT_BODY: usize = 64 * 1024;
 
 type AdminBody = RespBody<()>;
 
+/// What the admin listener reaches: the store, the request path (for imports, which fetch a
+/// signature key with the e-shop's token), the metrics, its own token and the readiness flag.
 pub struct Admin {
-    app: Arc<App>,
+    pub store: Store,
+    pub proxy: Arc<Proxy>,
+    pub metrics: Arc<Metrics>,
+    /// `[admin] token`; `None` turns the write endpoints off.
+    pub token: Option<Secret>,
+    pub readiness: Readiness,
+}
+
+/// Ready = listeners bound and not draining (SPEC B7's `/readyz`).
+#[derive(Clone)]
+pub struct Readiness {
+    bound: Arc<AtomicBool>,
+    shutdown: Shutdown,
+}
+
+impl Readiness {
+    pub fn new(shutdown: Shutdown) -> Readiness {
+        Readiness {
+            bound: Arc::new(AtomicBool::new(false)),
+            shutdown,
+        }
+    }
+
+    /// Every listener is bound.
+    pub fn set_bound(&self) {
+        self.bound.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.bound.load(Ordering::Acquire) && !self.shutdown.is_triggered()
+    }
 }
 
 /// The body of `PUT /admin/eshops/{id}`: what Shoptet's code exchange returned (SPEC A1).
@@ -52,71 +86,17 @@ fn store_failed(e: impl std::fmt::Display) -> Response<AdminBody> {
     ProxyError::StoreUnavailable.to_response()
 }
 
-/// What an import did about the e-shop's webhook signature key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignatureKey {
-    /// A fresh key was obtained and stored; the old one no longer verifies.
-    Renewed,
-    /// Shoptet gave none (the error says why); API calls work, webhooks are rejected until the
-    /// next import or installation.
-    Failed(ProxyError),
-}
-
-impl SignatureKey {
-    /// `renewed` or `failed`, as the admin API and the command line report it.
-    pub fn label(&self) -> &'static str {
-        match self {
-            SignatureKey::Renewed => "renewed",
-            SignatureKey::Failed(_) => "failed",
-        }
-    }
-}
-
-/// Imports an installation (SPEC B7), for `PUT /admin/eshops/{id}` and `eshops import` alike:
-/// stores it active with its new OAuth token (dropping any token cached under the old one), then
-/// obtains a fresh webhook signature key as installation does; the API token minted for that
-/// stays the e-shop's current token. No "installed" event is sent. Only a store failure is an
-/// error: without a key the installation still serves API calls.
-pub async fn import_installation(
-    store: &Store,
-    proxy: &Proxy,
-    new: &NewInstallation,
-) -> Result<SignatureKey, StoreError> {
-    let eshop_id = new.eshop_id;
-    store.upsert_installation(new, None).await?;
-    proxy.tokens.forget(eshop_id);
-    match api::renew_signature_key(proxy, eshop_id).await {
-        Ok(key) => {
-            store.set_signature_key(eshop_id, &key).await?;
-            Ok(SignatureKey::Renewed)
-        }
-        Err(e) => {
-            tracing::warn!(
-                eshop_id,
-                code = e.code(),
-                "import: no webhook signature key"
-            );
-            Ok(SignatureKey::Failed(e))
-        }
-    }
-}
-
 impl Admin {
-    pub fn new(app: Arc<App>) -> Admin {
-        Admin { app }
-    }
-
     pub async fn handle(&self, req: Request<Incoming>) -> Response<AdminBody> {
         let method = req.method().clone();
         let resp = self.route(req).await.unwrap_or_else(|e| e.to_response());
-        self.app
-            .metrics
+        self.metrics
             .count_request("admin", &method, resp.status().as_u16());
         resp
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
-        let Some(token) = &self.app.cfg.admin.token else {
+        let Some(token) = &self.token else {
             // Writes are off: behave as if the endpoint did not exist.
             return Err(ProxyError::NotFound);
         };
@@ -161,10 +141,10 @@ impl Admin {
     }
 
     async fn readyz(&self) -> Response<AdminBody> {
-        if !self.app.is_ready() {
+        if !self.readiness.is_ready() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
-        match self.app.store.ping().await {
+        match self.store.ping().await {
             Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(e) => {
                 tracing::warn!(error = %e, "readiness: store unreachable");
@@ -175,23 +155,22 @@ impl Admin {
 
     async fn metrics(&self) -> Response<AdminBody> {
         // Store-backed gauges are read at scrape time: cheap, and always current.
-        if let Ok(counts) = self.app.store.count_by_status().await {
+        if let Ok(counts) = self.store.count_by_status().await {
             for status in crate::telemetry::metrics::INSTALLATION_STATUSES {
                 let n = counts
                     .iter()
                     .find(|(s, _)| s.as_str() == status)
                     .map_or(0, |(_, n)| *n);
-                self.app
-                    .metrics
+                self.metrics
                     .installations
                     .with_label_values(&[status])
                     .set(n as i64);
             }
         }
-        if let Ok(depth) = self.app.store.outbox_depth().await {
-            self.app.metrics.outbox_depth.set(depth as i64);
+        if let Ok(depth) = self.store.outbox_depth().await {
+            self.metrics.outbox_depth.set(depth as i64);
         }
-        let mut resp = Response::new(AdminBody::full(Bytes::from(self.app.metrics.render())));
+        let mut resp = Response::new(AdminBody::full(Bytes::from(self.metrics.render())));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -200,7 +179,7 @@ impl Admin {
     }
 
     async fn list(&self) -> Response<AdminBody> {
-        match self.app.store.list().await {
+        match self.store.list().await {
             Ok(list) => json(StatusCode::OK, &serde_json::json!({ "eshops": list })),
             Err(e) => store_failed(e),
         }
@@ -235,7 +214,7 @@ impl Admin {
             contact_email: import.contact_email,
             oauth_token: Secret::new(import.access_token),
         };
-        let key = match import_installation(&self.app.store, &self.app.proxy, &new).await {
+        let key = match import_installation(&self.store, &self.proxy, &new).await {
             Ok(key) => key,
             Err(e) => return Ok(store_failed(e)),
         };
@@ -247,9 +226,9 @@ impl Admin {
     }
 
     async fn remove(&self, eshop_id: u64) -> Response<AdminBody> {
-        match self.app.store.remove(eshop_id).await {
+        match self.store.remove(eshop_id).await {
             Ok(true) => {
-                self.app.proxy.tokens.forget(eshop_id);
+                self.proxy.tokens.forget(eshop_id);
                 tracing::info!(eshop_id, "installation removed");
                 let mut r = Response::new(AdminBody::full(Bytes::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
@@ -261,13 +240,13 @@ impl Admin {
     }
 
     async fn refresh(&self, eshop_id: u64) -> Result<Response<AdminBody>, ProxyError> {
-        let stored = match self.app.store.get(eshop_id).await {
+        let stored = match self.store.get(eshop_id).await {
             Ok(Some(inst)) => inst.access_token,
             Ok(None) => return Err(ProxyError::EshopNotInstalled),
             Err(e) => return Ok(store_failed(e)),
         };
-        let tokens = &self.app.proxy.tokens;
-        let eshop = self.app.proxy.eshops.get(eshop_id);
+        let tokens = &self.proxy.tokens;
+        let eshop = self.proxy.eshops.get(eshop_id);
         let current = tokens.get(&eshop).await?;
         // With no token stored, `get` has just minted one: replacing it would mint a second.
         let fresh = match stored {

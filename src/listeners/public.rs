@@ -8,14 +8,15 @@
 //! status only when signed with that installation's key, and an uninstall only after Shoptet
 //! itself confirms it.
 
-use crate::app::App;
 use crate::error::ProxyError;
 use crate::http::body::{json, RespBody};
+use crate::install;
+use crate::proxy::Proxy;
 use crate::secret::Secret;
-use crate::shoptet::api;
-use crate::shoptet::oauth::FetchError;
+use crate::shoptet::oauth::{FetchError, OAuthClient};
 use crate::shoptet::signature;
-use crate::store::{NewInstallation, OutboxKind, Status};
+use crate::store::{NewInstallation, OutboxKind, Status, Store};
+use crate::telemetry::metrics::Metrics;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -38,10 +39,28 @@ const MAX_WEBHOOK_BODY: usize = 256 * 1024;
 
 type PublicBody = RespBody<()>;
 
+/// What the public listener reaches: the store, the partner OAuth client (code exchange,
+/// uninstall confirmation), the request path (signature keys, token cache), the metrics, its
+/// own settings and the outbox's wake-up.
 pub struct Public {
-    app: Arc<App>,
+    pub settings: PublicSettings,
+    pub store: Store,
+    pub oauth: Arc<OAuthClient>,
+    pub proxy: Arc<Proxy>,
+    pub metrics: Arc<Metrics>,
     /// Wakes the outbox worker when something was queued.
-    outbox: Arc<Notify>,
+    pub outbox: Arc<Notify>,
+}
+
+/// `[public]` allowlists and which deliveries the addon wants (`[addon]`).
+pub struct PublicSettings {
+    pub install_allow: Vec<IpNet>,
+    pub webhook_allow: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// `[addon] events_url` is set: "installed" events are queued.
+    pub deliver_events: bool,
+    /// `[addon] webhooks_url` is set: verified webhooks are queued.
+    pub deliver_webhooks: bool,
 }
 
 /// The client address: the socket peer, or — when the peer is a trusted proxy — the right-most
@@ -84,20 +103,12 @@ fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
 }
 
 impl Public {
-    pub fn new(app: Arc<App>, outbox: Arc<Notify>) -> Public {
-        Public { app, outbox }
-    }
-
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<PublicBody> {
         let method = req.method().clone();
-        let ip = client_ip(
-            peer.ip(),
-            req.headers(),
-            &self.app.cfg.public.trusted_proxies,
-        );
+        let ip = client_ip(peer.ip(), req.headers(), &self.settings.trusted_proxies);
         let resp = match (req.method(), req.uri().path()) {
             (&Method::GET, "/install") => {
-                if allowed(&self.app.cfg.public.install_allow, ip) {
+                if allowed(&self.settings.install_allow, ip) {
                     self.install(req).await
                 } else {
                     tracing::warn!(%ip, "install call from an address outside install_allow");
@@ -105,7 +116,7 @@ impl Public {
                 }
             }
             (&Method::POST, "/webhooks") => {
-                if allowed(&self.app.cfg.public.webhook_allow, ip) {
+                if allowed(&self.settings.webhook_allow, ip) {
                     self.webhook(req).await
                 } else {
                     tracing::warn!(%ip, "webhook from an address outside webhook_allow");
@@ -115,8 +126,7 @@ impl Public {
             _ => Err(ProxyError::NotFound),
         };
         let resp = resp.unwrap_or_else(|e| e.to_response());
-        self.app
-            .metrics
+        self.metrics
             .count_request("public", &method, resp.status().as_u16());
         resp
     }
@@ -135,19 +145,18 @@ impl Public {
             .ok_or(ProxyError::BadRequest(
                 "the code query parameter is missing",
             ))?;
-        let grant = match tokio::time::timeout(EXCHANGE_BUDGET, self.app.oauth.exchange_code(&code))
-            .await
-        {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "installation: code exchange failed");
-                return Err(ProxyError::InstallFailed);
-            }
-            Err(_) => {
-                tracing::warn!("installation: the OAuth server did not answer in time");
-                return Err(ProxyError::InstallFailed);
-            }
-        };
+        let grant =
+            match tokio::time::timeout(EXCHANGE_BUDGET, self.oauth.exchange_code(&code)).await {
+                Ok(Ok(g)) => g,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "installation: code exchange failed");
+                    return Err(ProxyError::InstallFailed);
+                }
+                Err(_) => {
+                    tracing::warn!("installation: the OAuth server did not answer in time");
+                    return Err(ProxyError::InstallFailed);
+                }
+            };
         let eshop_id = grant.eshop_id;
         let new = NewInstallation {
             eshop_id,
@@ -155,30 +164,19 @@ impl Public {
             contact_email: grant.contact_email.clone(),
             oauth_token: grant.oauth_token,
         };
-        if let Err(e) = self.app.store.upsert_installation(&new, None).await {
+        if let Err(e) = self.store.upsert_installation(&new, None).await {
             tracing::error!(eshop_id, error = %e, "installation: store failed");
             return Err(ProxyError::InstallFailed);
         }
-        let tokens = &self.app.proxy.tokens;
+        let tokens = &self.proxy.tokens;
         tokens.forget(eshop_id);
         // The key lets the proxy verify this e-shop's webhooks. Without it the installation still
         // works for API calls, so a slow or failing renewal does not fail the installation. The
         // renewal runs as a task of its own: Shoptet issues the key once the request reaches it,
         // so a renewal that outlasts the install answer must still store the key it brings back.
-        let app = self.app.clone();
+        let (store, proxy) = (self.store.clone(), self.proxy.clone());
         let renewal = tokio::spawn(async move {
-            match api::renew_signature_key(&app.proxy, eshop_id).await {
-                Ok(key) => {
-                    if let Err(e) = app.store.set_signature_key(eshop_id, &key).await {
-                        tracing::error!(eshop_id, error = %e, "installation: cannot store the signature key");
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    eshop_id,
-                    code = e.code(),
-                    "installation: no webhook signature key"
-                ),
-            }
+            install::renew_signature_key(&store, &proxy, eshop_id).await;
         });
         if tokio::time::timeout_at(deadline, renewal).await.is_err() {
             tracing::warn!(
@@ -186,7 +184,7 @@ impl Public {
                 "installation: signature key not obtained in time; still waiting for it"
             );
         }
-        if self.app.cfg.addon.events_url.is_some() {
+        if self.settings.deliver_events {
             let event = serde_json::json!({
                 "event": "installed",
                 "eshopId": eshop_id,
@@ -194,7 +192,6 @@ impl Public {
                 "contactEmail": grant.contact_email,
             });
             match self
-                .app
                 .store
                 .outbox_push(
                     OutboxKind::Event,
@@ -217,7 +214,7 @@ impl Public {
     }
 
     async fn webhook(&self, req: Request<Incoming>) -> Result<Response<PublicBody>, ProxyError> {
-        let metrics = &self.app.metrics;
+        let metrics = &self.metrics;
         let reject = |why: &'static str| {
             metrics.webhooks.with_label_values(&["rejected"]).inc();
             tracing::warn!(reason = why, "webhook rejected");
@@ -236,7 +233,7 @@ impl Public {
         let signature = signature.ok_or_else(|| reject("no signature"))?;
         let head = parse_webhook_head(&body)?;
         let eshop_id = head.eshop_id;
-        let inst = match self.app.store.get(eshop_id).await {
+        let inst = match self.store.get(eshop_id).await {
             Ok(Some(i)) => i,
             Ok(None) => return Err(reject("unknown e-shop")),
             Err(e) => {
@@ -256,9 +253,8 @@ impl Public {
         // finds the proxy refusing calls for that e-shop.
         self.system_event(eshop_id, &head.event, inst.status, inst.oauth_token)
             .await;
-        if self.app.cfg.addon.webhooks_url.is_some() {
+        if self.settings.deliver_webhooks {
             if let Err(e) = self
-                .app
                 .store
                 .outbox_push(OutboxKind::Webhook, Some(eshop_id), &body)
                 .await
@@ -279,8 +275,8 @@ impl Public {
     /// Acts on signed `addon:*` events. Suspend and approve take effect at once; uninstall and
     /// terminate only after Shoptet's OAuth server confirms the token no longer works.
     async fn system_event(&self, eshop_id: u64, event: &str, current: Status, oauth_token: Secret) {
-        let tokens = self.app.proxy.tokens.clone();
-        let store = self.app.store.clone();
+        let tokens = self.proxy.tokens.clone();
+        let store = self.store.clone();
         match event {
             // Only a new installation (install callback or import) revives an uninstalled one: a
             // late or replayed suspend/approve must not turn it active again.
@@ -300,7 +296,7 @@ impl Public {
                 tokens.set_suspended(eshop_id, suspended);
             }
             "addon:uninstall" | "addon:terminate" => {
-                let oauth = self.app.oauth.clone();
+                let oauth = self.oauth.clone();
                 let check = tokio::spawn(async move {
                     match oauth.access_token(&oauth_token).await {
                         Err(FetchError::NotInstalled | FetchError::Unauthorized) => {

@@ -13,6 +13,7 @@ use crate::limits::flow::{Flow, Permit};
 use crate::secret::Secret;
 use crate::state::eshops::Eshops;
 use crate::telemetry::metrics::Metrics;
+pub mod own;
 pub mod tag;
 use crate::http::client::Client;
 use crate::state::tokens::TokenCache;
