@@ -276,7 +276,7 @@ async fn token(state: &State, eshop: &Eshop, req: Request<Incoming>) -> Response
     }
     let code = match check_grant(state, &fields, SCOPE) {
         Ok(code) => code,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some((_, grant)) = state.settings.codes.remove(code) else {
         return invalid_grant();

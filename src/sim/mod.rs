@@ -20,7 +20,7 @@ pub mod testing;
 mod util;
 mod webhooks;
 
-pub use cli::{run_cli, SimArgs};
+pub use cli::{run_cli, SimArgs, SimSettingsArgs};
 pub use config::SimConfig;
 pub use state::{CallStats, EshopStats, SimStats};
 

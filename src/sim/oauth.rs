@@ -56,7 +56,7 @@ async fn exchange(state: &State, req: Request<Incoming>) -> Response<Body> {
     };
     let code = match check_grant(state, &fields, "api") {
         Ok(code) => code,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some((_, (eshop_id, oauth_token))) = state.codes.remove(code) else {
         return invalid_grant();
@@ -110,12 +110,12 @@ pub(crate) async fn token_fields(
 }
 
 /// Everything about an authorization-code exchange but the code itself, in the order of the
-/// module doc; answers the code to look up.
+/// module doc; answers the code to look up (the refusal is boxed: a `Response` is large).
 pub(crate) fn check_grant<'a>(
     state: &State,
     fields: &'a HashMap<String, String>,
     scope: &str,
-) -> Result<&'a str, Response<Body>> {
+) -> Result<&'a str, Box<Response<Body>>> {
     let get = |k: &str| fields.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let (Some(client_id), Some(client_secret), Some(code), Some(grant_type)) = (
         get("client_id"),
@@ -123,36 +123,36 @@ pub(crate) fn check_grant<'a>(
         get("code"),
         get("grant_type"),
     ) else {
-        return Err(oauth_error(
+        return Err(Box::new(oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "Missing one of client_id, client_secret, code, grant_type.",
-        ));
+        )));
     };
     if grant_type != "authorization_code" {
-        return Err(oauth_error(
+        return Err(Box::new(oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "Only authorization_code is supported.",
-        ));
+        )));
     }
     if get("scope").is_some_and(|s| s != scope) {
-        return Err(oauth_error(
+        return Err(Box::new(oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             &format!("Scope must be {scope}."),
-        ));
+        )));
     }
     let cfg = state.cfg();
     // Both compared in full so a wrong id and a wrong secret take the same time.
     let id_ok = ct_eq(client_id, &cfg.client_id);
     let secret_ok = ct_eq(client_secret, &cfg.client_secret);
     if !(id_ok & secret_ok) {
-        return Err(oauth_error(
+        return Err(Box::new(oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "Client authentication failed.",
-        ));
+        )));
     }
     Ok(code)
 }
