@@ -63,6 +63,9 @@ pub struct SimArgs {
     /// How long async jobs take.
     #[arg(long, value_parser = duration, default_value = "200ms")]
     pub job_duration: Duration,
+    /// Boxed: every byte here counts against the size of the whole `shoptet-proxy` command enum.
+    #[command(flatten)]
+    pub settings: Box<SimSettingsArgs>,
     /// Where addon:* system webhooks are sent.
     #[arg(long)]
     pub addon_webhook_url: Option<String>,
@@ -81,6 +84,22 @@ pub struct SimArgs {
     /// Pre-create this e-shop installation and print its code and OAuth token (repeatable).
     #[arg(long = "eshop")]
     pub eshops: Vec<u64>,
+}
+
+/// Flags of the settings-page flow (SPEC A5).
+#[derive(Clone, clap::Args)]
+pub struct SimSettingsArgs {
+    /// The addon's settings link framed by the simulated administration
+    /// (`/eshops/{id}/admin/settings`), with #SHOP_ID#, #LANGUAGE# and #OAUTH_CODE#.
+    #[arg(long)]
+    pub settings_url: Option<String>,
+    /// The addon's "URL for user authorization": #OAUTH_CODE# is filled in only when it is set,
+    /// and the e-shop OAuth servers then require it as redirect_uri.
+    #[arg(long)]
+    pub settings_redirect_uri: Option<String>,
+    /// How long an e-shop OAuth server's basic_eshop code stays exchangeable.
+    #[arg(long, value_parser = duration, default_value = "5m")]
+    pub settings_code_lifetime: Duration,
 }
 
 impl std::fmt::Debug for SimArgs {
@@ -119,6 +138,9 @@ impl SimArgs {
             client_secret: self.client_secret.clone(),
             tls: self.tls,
             job_duration: self.job_duration,
+            settings_url: self.settings.settings_url.clone(),
+            settings_redirect_uri: self.settings.settings_redirect_uri.clone(),
+            settings_code_lifetime: self.settings.settings_code_lifetime,
         }
     }
 }
@@ -144,6 +166,8 @@ pub async fn run_cli(args: SimArgs) -> Result<(), SimError> {
             "  curl -s -H 'Authorization: Bearer {}' {base}/action/ApiOAuthServer/getAccessToken",
             inst.oauth_token
         );
+        println!("  e-shop OAuth server: {base}/eshops/{id}/action/OAuthServer/");
+        println!("  administration (settings page): {base}/eshops/{id}/admin/settings?language=cs");
     }
     wait_for_signal().await;
     sim.shutdown().await;

@@ -38,6 +38,14 @@ pub struct SimConfig {
     pub tls: bool,
     /// How long an async job (`GET /api/products/snapshot`) runs before it completes (200 ms).
     pub job_duration: Duration,
+    /// The addon's "link to external addon settings" (SPEC A5) that the simulated administration
+    /// frames, with `#SHOP_ID#`, `#LANGUAGE#` and `#OAUTH_CODE#`; None = not registered.
+    pub settings_url: Option<String>,
+    /// The addon's "URL for user authorization": when set, `#OAUTH_CODE#` is filled in and every
+    /// e-shop OAuth server's `authorize` and `token` require exactly this `redirect_uri`.
+    pub settings_redirect_uri: Option<String>,
+    /// How long an e-shop OAuth server's `basic_eshop` code stays exchangeable (5 min).
+    pub settings_code_lifetime: Duration,
 }
 
 impl Default for SimConfig {
@@ -60,6 +68,9 @@ impl Default for SimConfig {
             client_secret: "sim-secret".to_owned(),
             tls: false,
             job_duration: Duration::from_millis(200),
+            settings_url: None,
+            settings_redirect_uri: None,
+            settings_code_lifetime: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -95,6 +106,9 @@ impl SimConfig {
             "clientSecret": "<redacted>",
             "tls": self.tls,
             "jobDuration": dur(self.job_duration),
+            "settingsUrl": self.settings_url,
+            "settingsRedirectUri": self.settings_redirect_uri,
+            "settingsCodeLifetime": dur(self.settings_code_lifetime),
         })
     }
 
@@ -115,17 +129,13 @@ impl SimConfig {
                 "faultDrop" => next.fault_drop = prob(k, v)?,
                 "fault429" => next.fault_429 = prob(k, v)?,
                 "webhookRetryDelay" => next.webhook_retry_delay = duration(k, v)?,
-                "addonWebhookUrl" => {
-                    next.addon_webhook_url = match v {
-                        Value::Null => None,
-                        Value::String(s) if s.is_empty() => None,
-                        Value::String(s) => Some(s.clone()),
-                        _ => return Err(format!("{k}: expected a string or null")),
-                    }
-                }
+                "addonWebhookUrl" => next.addon_webhook_url = opt_string(k, v)?,
                 "clientId" => next.client_id = string(k, v)?,
                 "clientSecret" => next.client_secret = string(k, v)?,
                 "jobDuration" => next.job_duration = duration(k, v)?,
+                "settingsUrl" => next.settings_url = opt_string(k, v)?,
+                "settingsRedirectUri" => next.settings_redirect_uri = opt_string(k, v)?,
+                "settingsCodeLifetime" => next.settings_code_lifetime = duration(k, v)?,
                 "tls" => return Err("tls: fixed at start".to_owned()),
                 _ => return Err(format!("unknown key {k}")),
             }
@@ -170,6 +180,16 @@ fn string(k: &str, v: &Value) -> Result<String, String> {
     v.as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("{k}: expected a string"))
+}
+
+/// A string knob that may be unset: null or "" unsets it.
+fn opt_string(k: &str, v: &Value) -> Result<Option<String>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(format!("{k}: expected a string or null")),
+    }
 }
 
 fn prob(k: &str, v: &Value) -> Result<f64, String> {

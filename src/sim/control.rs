@@ -15,6 +15,9 @@
 //! | `POST /sim/eshops/{id}/uninstall`, `.../terminate` | status uninstalled (getAccessToken 403 `addon_not_installed`, API 401 `invalid-token`) + `addon:uninstall` / `addon:terminate` webhook |
 //! | `POST /sim/eshops/{id}/events` `{"event":"order:create","eventInstance":"..."}` | delivers the event to the URL registered for it (`addon:*` events: to `addonWebhookUrl`) → 202 `{"deliveryId":n}`, 404 when nothing is registered |
 //! | `PUT /sim/eshops/{id}/denied-endpoints` `["/api/products"]` | API paths starting with one of these answer 403 `invalid-token-no-rights` → the list |
+//! | `GET /sim/eshops/{id}/admins` | `{"admins":[{"email","name"}]}`: the e-shop's admins, the default `owner<id>@example.com` ("Owner <id>") first |
+//! | `POST /sim/eshops/{id}/admins` `{"email","name"}` | adds an admin (or renames the one with that e-mail) → `{"admins":[...]}` |
+//! | `POST /sim/eshops/{id}/settings-code` `{"email"?}` | a one-time `basic_eshop` code for that admin (default: the default admin), as Shoptet's administration puts in `#OAUTH_CODE#` → `{"code"}`; 404 for an unknown admin |
 //! | `GET /sim/config` | every knob; durations as strings ("30m"), the client secret redacted |
 //! | `PATCH /sim/config` `{"tokenLifetime":"2s","latency":15,...}` | changes knobs (durations as "2s"-style strings or milliseconds; unknown keys are a 400 and nothing changes) → the new config |
 //! | `GET /sim/stats` | counters (see `SimStats`) |
@@ -36,7 +39,7 @@ use serde_json::{json, Value};
 
 use super::state::{status_name, State, ACTIVE, SUSPENDED, UNINSTALLED};
 use super::util::{json_value, plain_json, read_body};
-use super::{api, webhooks, Body};
+use super::{api, eshop_oauth, webhooks, Body};
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_value(status, &json!({"error": message}))
@@ -322,6 +325,15 @@ async fn eshop_route(
                 d.clone_from(&list);
             }
             ok(json!(list))
+        }
+        (["admins"], &Method::GET) => eshop_oauth::list_admins(state, id),
+        (["admins" | "settings-code"], &Method::POST) => {
+            let route = rest[0];
+            match body_json(req).await {
+                Ok(v) if route == "admins" => eshop_oauth::add_admin(state, id, &v),
+                Ok(v) => eshop_oauth::settings_code(state, id, &v),
+                Err(e) => bad_request(e),
+            }
         }
         _ => error(StatusCode::NOT_FOUND, "unknown control route"),
     }

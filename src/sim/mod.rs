@@ -2,22 +2,25 @@
 //!
 //! One listener (plain HTTP or HTTPS with a generated certificate, HTTP/1.1 and HTTP/2) serves
 //! the partner OAuth server (`/action/ApiOAuthServer/...`, see [`oauth`]), the API (`/api/...`,
-//! see [`api`]) and the control plane (`/sim/...`, see [`control`], whose doc comment lists every
-//! route). The API hot path touches only sharded maps, atomics and per-e-shop short critical
+//! see [`api`]), each e-shop's own OAuth server and simulated administration (`/eshops/{id}/...`,
+//! see [`eshop_oauth`] and [`admin_page`]) and the control plane (`/sim/...`, see [`control`],
+//! whose doc comment lists every route). The API hot path touches only sharded maps, atomics and per-e-shop short critical
 //! sections, so one core serves tens of thousands of trivial requests per second.
 
+mod admin_page;
 mod api;
 mod bucket;
 mod cli;
 mod config;
 mod control;
+mod eshop_oauth;
 mod oauth;
 mod state;
 pub mod testing;
 mod util;
 mod webhooks;
 
-pub use cli::{run_cli, SimArgs};
+pub use cli::{run_cli, SimArgs, SimSettingsArgs};
 pub use config::SimConfig;
 pub use state::{CallStats, EshopStats, SimStats};
 
@@ -268,6 +271,8 @@ async fn dispatch(
         Ok(oauth::token(&state, req).await)
     } else if path == "/action/ApiOAuthServer/getAccessToken" {
         Ok(oauth::get_access_token(&state, req))
+    } else if path.starts_with("/eshops/") {
+        Ok(eshop_oauth::handle(&state, req).await)
     } else if path.starts_with("/sim/") {
         Ok(control::handle(&state, req).await)
     } else {

@@ -21,14 +21,23 @@ use super::state::{contact_email, Mint, State, SUSPENDED, UNINSTALLED};
 use super::util::{json_value, plain_json, read_body};
 use super::Body;
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
     json_value(
         status,
         &json!({"error": error, "error_description": description}),
     )
 }
 
-fn ct_eq(a: &str, b: &str) -> bool {
+/// A bad, expired or reused code (SPEC A1, A5).
+pub(crate) fn invalid_grant() -> Response<Body> {
+    oauth_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "The authorization code is invalid, expired or already used.",
+    )
+}
+
+pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
@@ -41,82 +50,20 @@ pub(crate) async fn token(state: &State, req: Request<Incoming>) -> Response<Bod
 }
 
 async fn exchange(state: &State, req: Request<Incoming>) -> Response<Body> {
-    if req.method() != Method::POST {
-        return oauth_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
-            "Use POST.",
-        );
-    }
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let Some(body) = read_body(req.into_body()).await else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Unreadable body.",
-        );
-    };
-    let fields = match parse_fields(&ct, body).await {
+    let fields = match token_fields(req).await {
         Ok(f) => f,
-        Err(why) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", why),
+        Err(r) => return r,
     };
-    let get = |k: &str| fields.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let (Some(client_id), Some(client_secret), Some(code), Some(grant_type)) = (
-        get("client_id"),
-        get("client_secret"),
-        get("code"),
-        get("grant_type"),
-    ) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Missing one of client_id, client_secret, code, grant_type.",
-        );
+    let code = match check_grant(state, &fields, "api") {
+        Ok(code) => code,
+        Err(r) => return *r,
     };
-    if grant_type != "authorization_code" {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "Only authorization_code is supported.",
-        );
-    }
-    if get("scope").is_some_and(|s| s != "api") {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            "Scope must be api.",
-        );
-    }
-    let cfg = state.cfg();
-    // Both compared in full so a wrong id and a wrong secret take the same time.
-    let id_ok = ct_eq(client_id, &cfg.client_id);
-    let secret_ok = ct_eq(client_secret, &cfg.client_secret);
-    if !(id_ok & secret_ok) {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Client authentication failed.",
-        );
-    }
     let Some((_, (eshop_id, oauth_token))) = state.codes.remove(code) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            "The authorization code is invalid, expired or already used.",
-        );
+        return invalid_grant();
     };
     // A code issued before a re-install exchanges to a revoked token: refuse it.
     if state.oauth.get(&oauth_token).map(|e| *e) != Some(eshop_id) {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            "The authorization code is invalid, expired or already used.",
-        );
+        return invalid_grant();
     }
     json_value(
         StatusCode::OK,
@@ -131,6 +78,83 @@ async fn exchange(state: &State, req: Request<Incoming>) -> Response<Body> {
             "trial": false,
         }),
     )
+}
+
+/// The fields of a `POST` token request, or the `invalid_request` answer.
+pub(crate) async fn token_fields(
+    req: Request<Incoming>,
+) -> Result<HashMap<String, String>, Response<Body>> {
+    if req.method() != Method::POST {
+        return Err(oauth_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "Use POST.",
+        ));
+    }
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let Some(body) = read_body(req.into_body()).await else {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Unreadable body.",
+        ));
+    };
+    parse_fields(&ct, body)
+        .await
+        .map_err(|why| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", why))
+}
+
+/// Everything about an authorization-code exchange but the code itself, in the order of the
+/// module doc; answers the code to look up (the refusal is boxed: a `Response` is large).
+pub(crate) fn check_grant<'a>(
+    state: &State,
+    fields: &'a HashMap<String, String>,
+    scope: &str,
+) -> Result<&'a str, Box<Response<Body>>> {
+    let get = |k: &str| fields.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let (Some(client_id), Some(client_secret), Some(code), Some(grant_type)) = (
+        get("client_id"),
+        get("client_secret"),
+        get("code"),
+        get("grant_type"),
+    ) else {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing one of client_id, client_secret, code, grant_type.",
+        )));
+    };
+    if grant_type != "authorization_code" {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "Only authorization_code is supported.",
+        )));
+    }
+    if get("scope").is_some_and(|s| s != scope) {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            &format!("Scope must be {scope}."),
+        )));
+    }
+    let cfg = state.cfg();
+    // Both compared in full so a wrong id and a wrong secret take the same time.
+    let id_ok = ct_eq(client_id, &cfg.client_id);
+    let secret_ok = ct_eq(client_secret, &cfg.client_secret);
+    if !(id_ok & secret_ok) {
+        return Err(Box::new(oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed.",
+        )));
+    }
+    Ok(code)
 }
 
 /// The exchange's fields from a JSON, urlencoded or multipart body.
@@ -182,6 +206,18 @@ async fn parse_fields(ct: &str, body: Bytes) -> Result<HashMap<String, String>, 
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
 /// `GET|POST /action/ApiOAuthServer/getAccessToken`.
 pub(crate) fn get_access_token(state: &State, req: Request<Incoming>) -> Response<Body> {
     state
@@ -200,15 +236,7 @@ pub(crate) fn get_access_token(state: &State, req: Request<Incoming>) -> Respons
             Bytes::from_static(br#"{"error":"method_not_allowed"}"#),
         );
     }
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let presented = bearer(&req);
     let eshop = presented
         .and_then(|t| state.oauth.get(t).map(|e| *e))
         .and_then(|id| state.eshop(id));

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
+use super::eshop_oauth::SettingsAuth;
 use super::util::{now_shoptet, random_lower_alnum};
 use super::{SimConfig, SimInstallation};
 
@@ -76,6 +77,9 @@ pub(crate) struct EshopCounters {
     pub status429: AtomicU64,
     pub peak_concurrency: AtomicU64,
     pub orders_created: AtomicU64,
+    pub settings_token_calls: AtomicU64,
+    pub settings_secrets_received: AtomicU64,
+    pub settings_tokens_issued: AtomicU64,
 }
 
 pub(crate) struct Auth {
@@ -239,6 +243,9 @@ pub(crate) struct Counters {
     pub status5xx: AtomicU64,
     pub drops: AtomicU64,
     pub peak_per_token: AtomicU64,
+    pub settings_authorize_calls: AtomicU64,
+    pub settings_token_calls: AtomicU64,
+    pub settings_resource_calls: AtomicU64,
 }
 
 /// `GET /sim/stats`.
@@ -267,6 +274,13 @@ pub struct CallStats {
     pub token: u64,
     pub get_access_token: u64,
     pub api: u64,
+    /// Requests to the e-shops' own OAuth servers (SPEC A5): `authorize`, `token`, `resource`.
+    #[serde(default)]
+    pub settings_authorize: u64,
+    #[serde(default)]
+    pub settings_token: u64,
+    #[serde(default)]
+    pub settings_resource: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +293,15 @@ pub struct EshopStats {
     /// Most /api requests in flight at once for this e-shop, over all its tokens.
     pub peak_concurrency: u64,
     pub orders_created: u64,
+    /// Requests to this e-shop's own OAuth server's `token` (whatever they carried).
+    #[serde(default)]
+    pub settings_token_calls: u64,
+    /// Of those, the ones carrying the configured client secret: where the secret went.
+    #[serde(default)]
+    pub settings_secrets_received: u64,
+    /// `basic_eshop` access tokens this e-shop's OAuth server issued.
+    #[serde(default)]
+    pub settings_tokens_issued: u64,
 }
 
 /// One entry of `GET /sim/requests`.
@@ -397,6 +420,8 @@ pub(crate) struct State {
     pub next_delivery: AtomicU64,
     pub next_webhook: AtomicU64,
     pub jobs: DashMap<String, Job>,
+    /// Admins, codes and tokens of the e-shops' own OAuth servers.
+    pub settings: SettingsAuth,
     pub http: HttpClient,
     pub shutdown: watch::Receiver<bool>,
     next_eshop: AtomicU64,
@@ -418,6 +443,7 @@ impl State {
             next_delivery: AtomicU64::new(1),
             next_webhook: AtomicU64::new(1),
             jobs: DashMap::new(),
+            settings: SettingsAuth::default(),
             http: Client::builder(TokioExecutor::new()).build_http(),
             shutdown,
             next_eshop: AtomicU64::new(100_001),
@@ -545,6 +571,9 @@ impl State {
                 token: ld(&c.token_calls),
                 get_access_token: ld(&c.get_access_token_calls),
                 api: ld(&c.api_calls),
+                settings_authorize: ld(&c.settings_authorize_calls),
+                settings_token: ld(&c.settings_token_calls),
+                settings_resource: ld(&c.settings_resource_calls),
             },
             status401: ld(&c.status401),
             status429: ld(&c.status429),
@@ -565,6 +594,9 @@ impl State {
                     status429: ld(&ec.status429),
                     peak_concurrency: ld(&ec.peak_concurrency),
                     orders_created: ld(&ec.orders_created),
+                    settings_token_calls: ld(&ec.settings_token_calls),
+                    settings_secrets_received: ld(&ec.settings_secrets_received),
+                    settings_tokens_issued: ld(&ec.settings_tokens_issued),
                 },
             );
         }
@@ -583,6 +615,9 @@ impl State {
             &c.status5xx,
             &c.drops,
             &c.peak_per_token,
+            &c.settings_authorize_calls,
+            &c.settings_token_calls,
+            &c.settings_resource_calls,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -595,6 +630,9 @@ impl State {
                 &ec.status429,
                 &ec.peak_concurrency,
                 &ec.orders_created,
+                &ec.settings_token_calls,
+                &ec.settings_secrets_received,
+                &ec.settings_tokens_issued,
             ] {
                 a.store(0, Ordering::Relaxed);
             }
