@@ -11,6 +11,7 @@ mod bucket;
 mod cli;
 mod config;
 mod control;
+mod entities;
 mod oauth;
 mod state;
 pub mod testing;
