@@ -361,6 +361,8 @@ pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub(crate) struct State {
     cfg: RwLock<Arc<SimConfig>>,
     pub base_url: String,
+    /// Added to every HTTP/1.x answer: Shoptet's header spellings (see `spelling`).
+    pub spelling: http::Extensions,
     pub eshops: DashMap<u64, Arc<Eshop>>,
     /// One-time code → (e-shop, the OAuth token it exchanges to).
     pub codes: DashMap<String, (u64, String)>,
@@ -380,8 +382,14 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(cfg: SimConfig, base_url: String, shutdown: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(
+        cfg: SimConfig,
+        base_url: String,
+        spelling: http::Extensions,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         State {
+            spelling,
             cfg: RwLock::new(Arc::new(cfg)),
             base_url,
             eshops: DashMap::new(),
