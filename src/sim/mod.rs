@@ -283,7 +283,7 @@ async fn route(
     } else if path == "/action/ApiOAuthServer/token" {
         Ok(oauth::token(state, req).await)
     } else if path == "/action/ApiOAuthServer/getAccessToken" {
-        Ok(oauth::get_access_token(state, req))
+        Ok(oauth::get_access_token(state, req).await)
     } else if path.starts_with("/sim/") {
         Ok(control::handle(state, req).await)
     } else {
