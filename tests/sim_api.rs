@@ -513,7 +513,10 @@ async fn http1_answers_spell_headers_as_shoptet_does() {
     for want in ["X-Request-ID", "X-RateLimit-Bucket-Filling", "Retry-After"] {
         assert!(names.contains(&want), "{want} in {full}");
     }
-    assert!(full.contains("\r\nX-RateLimit-Bucket-Filling: 200/200\r\n"), "{full}");
+    assert!(
+        full.contains("\r\nX-RateLimit-Bucket-Filling: 200/200\r\n"),
+        "{full}"
+    );
     let unauthorized = raw_head(&e, "/api/eshop", "Shoptet-Access-Token: nope\r\n").await;
     assert!(header_names(&unauthorized).contains(&"X-Request-ID"));
 }

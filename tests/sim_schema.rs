@@ -155,9 +155,8 @@ async fn products_have_every_schema_property_in_the_list_and_the_snapshot() {
         assert_conforms("productListItem", p);
     }
     // The snapshot's result file holds the same items, one JSON document a line, gzipped.
-    let hook = e
-        .c
-        .post_json(
+    let hook =
+        e.c.post_json(
             &format!("{}/api/webhooks", e.base),
             &[("shoptet-access-token", &e.token)],
             &serde_json::json!({"data": [{"event": "job:finished", "url": "http://127.0.0.1:9/"}]}),
@@ -219,7 +218,11 @@ async fn the_check_catches_a_missing_a_mistyped_and_an_unknown_property() {
     );
     let mut nulled = good.clone();
     nulled["contactInformation"]["eshopName"] = Value::Null;
-    assert_eq!(conforms("eshop", &nulled).len(), 1, "eshopName is not nullable");
+    assert_eq!(
+        conforms("eshop", &nulled).len(),
+        1,
+        "eshopName is not nullable"
+    );
     let mut mistyped = good.clone();
     mistyped["currencies"][0]["priority"] = "1".into();
     assert_eq!(conforms("eshop", &mistyped).len(), 1);

@@ -24,8 +24,8 @@
 //! `application/vnd.shoptet.v1.0` when they carry a body (else 415 `unsupported-content-type`);
 //! bad JSON is 422 `invalid-request-data`; a page past the end is 404 `page-not-found`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -41,15 +41,14 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::{bucket, entities};
 use super::state::{
-    ApiToken, Eshop, Job, RequestRecord, State, TokenCheck, Webhook, SUSPENDED,
-    UNINSTALLED,
+    ApiToken, Eshop, Job, RequestRecord, State, TokenCheck, Webhook, SUSPENDED, UNINSTALLED,
 };
 use super::util::{
     envelope, error_item, http_date_after, random_hex, random_lower_alnum, shoptet_time,
 };
 use super::util::{fnv1a_hex, now_shoptet, read_body, request_id, JSON_UTF8};
+use super::{bucket, entities};
 use super::{webhooks, HandlerResult, SimConfig, SimDrop};
 
 const NGINX_429: &str = "<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n<center><h1>429 Too Many Requests</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";

@@ -12,9 +12,7 @@ use serde_json::{json, Map, Value};
 /// host (SPEC B8), so the URL is built from the simulator's `base_url`.
 pub(crate) fn eshop(id: u64, base_url: &str, contact_email: &str) -> Value {
     let url = format!("https://{id}.myshoptet.com/");
-    let method = |guid: &str, name: &str, order: u32| {
-        json!({"guid": guid, "name": name, "order": order, "visible": true})
-    };
+    let method = |guid: &str, name: &str, order: u32| json!({"guid": guid, "name": name, "order": order, "visible": true});
     let payments = json!({
         "defaultPayment": "b57f91bb-e920-11e0-baa3-7dc668b75ca8",
         "methods": [method("b57f91bb-e920-11e0-baa3-7dc668b75ca8", "Cash on delivery", 1),
@@ -197,9 +195,9 @@ pub(crate) fn order(eshop_id: u64, seq: u64, created: &str) -> (String, Value) {
     let shipping_price = 100;
     let (with_vat, without_vat, vat) = money(goods + shipping_price);
     let name = format!("Customer {seq}");
-    let payment = json!({"guid": "b57f91bb-e920-11e0-baa3-7dc668b75ca8", "name": "Cash on delivery"});
-    let shipping =
-        json!({"guid": "c5012051-d7ca-11e0-9a5c-feab5ed617ed", "name": "Czech Post - in the post office"});
+    let payment =
+        json!({"guid": "b57f91bb-e920-11e0-baa3-7dc668b75ca8", "name": "Cash on delivery"});
+    let shipping = json!({"guid": "c5012051-d7ca-11e0-9a5c-feab5ed617ed", "name": "Czech Post - in the post office"});
     let address = json!({
         "company": null, "fullName": name, "street": "Example street", "houseNumber": format!("{seq}"),
         "city": "Praha", "district": null, "additional": null, "zip": "110 00", "countryCode": "CZ",
