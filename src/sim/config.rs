@@ -191,8 +191,9 @@ mod tests {
     #[test]
     fn patch_accepts_strings_and_milliseconds_and_rejects_unknown_keys() {
         let mut c = SimConfig::default();
-        let body = json!({"tokenLifetime": "2s", "latency": 15, "tokenCap": 0});
+        let body = json!({"tokenLifetime": "2s", "latency": 15, "tokenCap": 0, "tokenDelay": "1s"});
         c.patch(body.as_object().unwrap()).unwrap();
+        assert_eq!(c.token_delay, Duration::from_secs(1));
         assert_eq!(c.token_lifetime, Duration::from_secs(2));
         assert_eq!(c.latency, Duration::from_millis(15));
         assert_eq!(c.token_cap, 0);
