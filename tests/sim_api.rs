@@ -407,6 +407,11 @@ async fn forced_faults_answer_as_asked() {
         .get_with("/api/eshop", &[("x-sim-fault", "429-bucket")])
         .await;
     assert!(httpdate::parse_http_date(r.header("retry-after").unwrap()).is_ok());
+    assert_eq!(
+        r.header("x-ratelimit-bucket-filling"),
+        Some("200/200"),
+        "a forced bucket 429 reports the bucket full"
+    );
     let dropped =
         e.c.try_request(
             Method::GET,
@@ -467,4 +472,51 @@ async fn request_log_shows_what_arrived_without_secrets() {
     assert_eq!(rec["status"], 201);
     let other = e.control(Method::GET, "/sim/requests?eshopId=1", "").await;
     assert_eq!(other.json()["requests"], json!([]));
+}
+
+/// The raw HTTP/1.1 head of one GET to the simulator, as it comes off the socket.
+async fn raw_head(e: &Env, path: &str, extra: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(e.sim.addr()).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: api.myshoptet.com\r\nShoptet-Access-Token: {}\r\n{extra}Connection: close\r\n\r\n",
+        e.token
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    text.split("\r\n\r\n").next().unwrap().to_owned()
+}
+
+fn header_names(head: &str) -> Vec<&str> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n))
+        .collect()
+}
+
+#[tokio::test]
+async fn http1_answers_spell_headers_as_shoptet_does() {
+    let e = env().await;
+    let ok = raw_head(&e, "/api/eshop", "").await;
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    let names = header_names(&ok);
+    assert!(names.contains(&"X-Request-ID"), "{ok}");
+    assert!(names.contains(&"X-RateLimit-Bucket-Filling"), "{ok}");
+    let full = raw_head(&e, "/api/eshop", "X-Sim-Fault: 429-bucket\r\n").await;
+    assert!(
+        full.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{full}"
+    );
+    let names = header_names(&full);
+    for want in ["X-Request-ID", "X-RateLimit-Bucket-Filling", "Retry-After"] {
+        assert!(names.contains(&want), "{want} in {full}");
+    }
+    assert!(
+        full.contains("\r\nX-RateLimit-Bucket-Filling: 200/200\r\n"),
+        "{full}"
+    );
+    let unauthorized = raw_head(&e, "/api/eshop", "Shoptet-Access-Token: nope\r\n").await;
+    assert!(header_names(&unauthorized).contains(&"X-Request-ID"));
 }

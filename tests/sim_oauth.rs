@@ -347,3 +347,62 @@ async fn tls_mode_serves_https_trusted_through_the_generated_certificate() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn token_delay_answers_late_and_the_token_counts_even_if_the_caller_gives_up() {
+    let sim = start(SimConfig {
+        token_cap: 1,
+        ..SimConfig::default()
+    })
+    .await;
+    let c = TestClient::new();
+    let inst = sim.create_eshop(7);
+    let patched = c
+        .request(
+            Method::PATCH,
+            &format!("{}/sim/config", sim.base_url()),
+            &[("content-type", "application/json")],
+            r#"{"tokenDelay":"30s"}"#,
+        )
+        .await;
+    assert_eq!(patched.json()["tokenDelay"], "30s");
+    let auth = format!("Bearer {}", inst.oauth_token);
+    let pending = tokio::spawn({
+        let (c, url, auth) = (c.clone(), gat_url(&sim), auth.clone());
+        async move { c.get(&url, &[("authorization", &auth)]).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sim.stats().tokens_minted.get(&7) != Some(&1) {
+        assert!(std::time::Instant::now() < deadline, "never minted");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(!pending.is_finished(), "the answer waits for tokenDelay");
+    // The caller gives up: its connection goes away before the answer.
+    pending.abort();
+    let _ = pending.await;
+    // The token it never saw still holds the only place under the cap.
+    let r = c.get(&gat_url(&sim), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.json(), json!({"error": "maximum_tokens_reached"}));
+    let info = c
+        .get(&format!("{}/sim/eshops/7", sim.base_url()), &[])
+        .await;
+    assert_eq!(info.json()["validTokens"], 1);
+    assert_eq!(sim.stats().eshops[&7].tokens_minted, 1);
+    // A caller that waits gets its token after the delay, and it works.
+    sim.set_config(|cfg| {
+        cfg.token_cap = 0;
+        cfg.token_delay = std::time::Duration::from_millis(200);
+    });
+    let t = std::time::Instant::now();
+    let token = c.api_token(&sim.base_url(), &inst.oauth_token).await;
+    assert!(t.elapsed() >= std::time::Duration::from_millis(200));
+    let api = c
+        .get(
+            &format!("{}/api/eshop", sim.base_url()),
+            &[("shoptet-access-token", &token)],
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::OK);
+    assert_eq!(sim.stats().eshops[&7].tokens_minted, 2);
+}

@@ -24,11 +24,14 @@
 //! `application/vnd.shoptet.v1.0` when they carry a body (else 415 `unsupported-content-type`);
 //! bad JSON is 422 `invalid-request-data`; a page past the end is 404 `page-not-found`.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -38,15 +41,14 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::bucket;
 use super::state::{
-    order_json, ApiToken, Eshop, Job, RequestRecord, State, TokenCheck, Webhook, SUSPENDED,
-    UNINSTALLED,
+    ApiToken, Eshop, Job, RequestRecord, State, TokenCheck, Webhook, SUSPENDED, UNINSTALLED,
 };
 use super::util::{
     envelope, error_item, http_date_after, random_hex, random_lower_alnum, shoptet_time,
 };
 use super::util::{fnv1a_hex, now_shoptet, read_body, request_id, JSON_UTF8};
+use super::{bucket, entities};
 use super::{webhooks, HandlerResult, SimConfig, SimDrop};
 
 const NGINX_429: &str = "<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n<center><h1>429 Too Many Requests</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
@@ -395,19 +397,18 @@ async fn run(
             Instant::now(),
         ) {
             Ok(level) => call.filling = level,
-            Err(wait) => {
-                call.filling = cfg.bucket_capacity;
-                return bucket_full(wait);
-            }
+            Err(wait) => return bucket_full(cfg, call, wait),
         }
     }
-    if let Some(f) = fault(cfg, &parts.headers) {
+    if let Some(f) = fault(cfg, &parts.headers, call) {
         return f;
     }
     Outcome::Answer(route(state, &eshop, parts, body).await)
 }
 
-fn bucket_full(wait: Duration) -> Outcome {
+/// A bucket 429 reports the bucket full, whether it is (the admission check) or a fault says so.
+fn bucket_full(cfg: &SimConfig, call: &mut Call, wait: Duration) -> Outcome {
+    call.filling = cfg.bucket_capacity;
     let mut a = Answer::error(
         StatusCode::TOO_MANY_REQUESTS,
         "too-many-requests",
@@ -418,7 +419,7 @@ fn bucket_full(wait: Duration) -> Outcome {
     Outcome::Answer(a)
 }
 
-fn fault(cfg: &SimConfig, headers: &HeaderMap) -> Option<Outcome> {
+fn fault(cfg: &SimConfig, headers: &HeaderMap, call: &mut Call) -> Option<Outcome> {
     let server_error = || {
         Outcome::Answer(Answer::error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -439,7 +440,7 @@ fn fault(cfg: &SimConfig, headers: &HeaderMap) -> Option<Outcome> {
         }
         Some("drop") => return Some(Outcome::Drop),
         Some("429") => return Some(Outcome::Nginx429),
-        Some("429-bucket") => return Some(bucket_full(Duration::from_secs(1))),
+        Some("429-bucket") => return Some(bucket_full(cfg, call, Duration::from_secs(1))),
         _ => {}
     }
     if cfg.fault_drop + cfg.fault_5xx + cfg.fault_429 <= 0.0 {
@@ -512,11 +513,11 @@ async fn route(state: &Arc<State>, eshop: &Arc<Eshop>, parts: &Parts, body: &Byt
     let m = &parts.method;
     let query = parts.uri.query();
     match (segs.as_slice(), m) {
-        (["eshop"], &Method::GET) => Answer::raw(StatusCode::OK, eshop.eshop_json.clone()),
+        (["eshop"], &Method::GET) => Answer::raw(StatusCode::OK, eshop.eshop_json(&state.base_url)),
         (["orders"], &Method::GET) => list_orders(eshop, query),
         (["orders"], &Method::POST) => create_order(state, eshop, parts, body),
         (["orders", code], _) => order(state, eshop, code, m, parts, body),
-        (["products"], &Method::GET) => list("products", products(), query, 20, 100),
+        (["products"], &Method::GET) => list("products", entities::products(), query, 20, 100),
         (["products", "snapshot"], &Method::GET) => snapshot(state, eshop),
         (["system", "jobs", id], &Method::GET) => job(state, eshop, id),
         (["webhooks"], &Method::GET) => {
@@ -604,24 +605,11 @@ fn list(name: &str, items: &[Value], query: Option<&str>, default: usize, max: u
     Answer::data(StatusCode::OK, &Value::Object(data))
 }
 
-fn products() -> &'static [Value] {
-    static P: OnceLock<Vec<Value>> = OnceLock::new();
-    P.get_or_init(|| {
-        (1..=30)
-            .map(|i| {
-                json!({"guid": format!("00000000-0000-4000-9000-{i:012}"), "code": format!("P{i:04}"),
-                       "name": format!("Product {i}"), "visibility": "visible",
-                       "price": format!("{}.00", 50 + i * 10), "currencyCode": "CZK"})
-            })
-            .collect()
-    })
-}
-
 fn list_orders(eshop: &Eshop, query: Option<&str>) -> Answer {
     let orders: Vec<Value> = eshop
         .data
         .lock()
-        .map(|mut d| d.orders().values().cloned().collect())
+        .map(|mut d| d.orders().values().map(entities::order_list_item).collect())
         .unwrap_or_default();
     list("orders", &orders, query, 20, 100)
 }
@@ -650,7 +638,7 @@ fn create_order(state: &Arc<State>, eshop: &Eshop, parts: &Parts, body: &Bytes) 
     };
     let seq = d.next_order;
     d.next_order += 1;
-    let (code, mut order) = order_json(eshop.id, seq, &now_shoptet());
+    let (code, mut order) = entities::order(eshop.id, seq, &now_shoptet());
     merge(&mut order, fields);
     d.orders().insert(code.clone(), order.clone());
     drop(d);
@@ -867,19 +855,27 @@ fn job(state: &State, eshop: &Eshop, id: &str) -> Answer {
             "completionTime": j.completed,
             "duration": null,
             "status": if done { "completed" } else { "pending" },
-            "resultUrl": if done { Some(format!("{}/sim/jobs/{id}/result", state.base_url)) } else { None },
+            "resultUrl": if done { Some(format!("{}/sim/jobs/{id}/result.jsonl.gz", state.base_url)) } else { None },
             "validUntil": if done { Some(valid_until) } else { None },
             "log": null,
         }}),
     )
 }
 
-/// JSON Lines of all products: the (uncompressed) result of a snapshot job.
+/// The result file of a products snapshot: JSON Lines (one product a line), gzipped, as the
+/// file behind Shoptet's `resultUrl` is. Built once: the catalogue never changes.
 pub(crate) fn snapshot_result() -> Bytes {
-    let mut out = Vec::new();
-    for p in products() {
-        out.extend_from_slice(p.to_string().as_bytes());
-        out.push(b'\n');
-    }
-    Bytes::from(out)
+    static GZ: OnceLock<Bytes> = OnceLock::new();
+    GZ.get_or_init(|| {
+        let mut lines = Vec::new();
+        for p in entities::products() {
+            lines.extend_from_slice(p.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        // Writing into a Vec cannot fail.
+        let _ = gz.write_all(&lines);
+        Bytes::from(gz.finish().unwrap_or_default())
+    })
+    .clone()
 }

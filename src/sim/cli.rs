@@ -25,6 +25,9 @@ pub struct SimArgs {
     /// API access token lifetime, e.g. 30s, 30m.
     #[arg(long, value_parser = duration, default_value = "30m")]
     pub token_lifetime: Duration,
+    /// Delay of getAccessToken's answer, after the token is minted, e.g. 2s.
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    pub token_delay: Duration,
     /// Valid API tokens per OAuth token (0 = unlimited).
     #[arg(long, default_value_t = 5)]
     pub token_cap: usize,
@@ -118,6 +121,7 @@ impl SimArgs {
         let limits = !self.no_limits;
         SimConfig {
             token_lifetime: self.token_lifetime,
+            token_delay: self.token_delay,
             token_cap: self.token_cap,
             per_token_concurrency: if limits {
                 self.per_token_concurrency

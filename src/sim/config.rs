@@ -11,6 +11,9 @@ use serde_json::{json, Map, Value};
 pub struct SimConfig {
     /// Lifetime of API access tokens from getAccessToken (1800 s).
     pub token_lifetime: Duration,
+    /// How long getAccessToken waits before answering, after the token is minted (0): the token
+    /// counts against the cap and works even if the caller gave up, as at Shoptet.
+    pub token_delay: Duration,
     /// Valid API tokens per OAuth token (5); 0 = unlimited.
     pub token_cap: usize,
     /// Concurrent /api requests per API token (3); 0 = off.
@@ -52,6 +55,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             token_lifetime: Duration::from_secs(1800),
+            token_delay: Duration::ZERO,
             token_cap: 5,
             per_token_concurrency: 3,
             per_ip_concurrency: 50,
@@ -90,6 +94,7 @@ impl SimConfig {
     pub(crate) fn to_json(&self) -> Value {
         json!({
             "tokenLifetime": dur(self.token_lifetime),
+            "tokenDelay": dur(self.token_delay),
             "tokenCap": self.token_cap,
             "perTokenConcurrency": self.per_token_concurrency,
             "perIpConcurrency": self.per_ip_concurrency,
@@ -118,6 +123,7 @@ impl SimConfig {
         for (k, v) in body {
             match k.as_str() {
                 "tokenLifetime" => next.token_lifetime = duration(k, v)?,
+                "tokenDelay" => next.token_delay = duration(k, v)?,
                 "tokenCap" => next.token_cap = uint(k, v)?,
                 "perTokenConcurrency" => next.per_token_concurrency = uint(k, v)?,
                 "perIpConcurrency" => next.per_ip_concurrency = uint(k, v)?,
@@ -205,8 +211,9 @@ mod tests {
     #[test]
     fn patch_accepts_strings_and_milliseconds_and_rejects_unknown_keys() {
         let mut c = SimConfig::default();
-        let body = json!({"tokenLifetime": "2s", "latency": 15, "tokenCap": 0});
+        let body = json!({"tokenLifetime": "2s", "latency": 15, "tokenCap": 0, "tokenDelay": "1s"});
         c.patch(body.as_object().unwrap()).unwrap();
+        assert_eq!(c.token_delay, Duration::from_secs(1));
         assert_eq!(c.token_lifetime, Duration::from_secs(2));
         assert_eq!(c.latency, Duration::from_millis(15));
         assert_eq!(c.token_cap, 0);

@@ -25,7 +25,7 @@
 //! | `GET /sim/requests?eshopId=N` | `{"requests":[...]}`: the last 1024 /api requests, oldest first (method, path with query, host, contentType, headers with secrets replaced, tokenLabel, bodyLen, bodyFnv1a, status; status null = dropped) |
 //! | `DELETE /sim/requests` | empties the request log |
 //! | `GET /sim/webhook-deliveries?eshopId=N` | `{"deliveries":[{"deliveryId","eshopId","event","url","body","attempts":[{"signature","status","error"}],"state":"pending|delivered|failed"}]}` |
-//! | `GET /sim/jobs/{id}/result` | the async job's result as JSON Lines (uncompressed) |
+//! | `GET /sim/jobs/{id}/result.jsonl.gz` (also `.../result`) | the async job's result file (its `resultUrl`): gzipped JSON Lines, `Content-Type: application/gzip` and no `Content-Encoding`, so HTTP clients hand over the `.gz` bytes as they do for Shoptet's file |
 //!
 //! The system `addon:*` webhooks of suspend/approve/uninstall/terminate are only sent when
 //! `addonWebhookUrl` is set; the answer then carries `"deliveryId"`.
@@ -135,13 +135,13 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
             }
             Err(e) => bad_request(e),
         },
-        (["jobs", id, "result"], &Method::GET) => {
+        (["jobs", id, "result.jsonl.gz" | "result"], &Method::GET) => {
             match state.jobs.get(*id).filter(|j| j.completed.is_some()) {
                 Some(_) => {
                     let mut r = plain_json(StatusCode::OK, api::snapshot_result());
                     r.headers_mut().insert(
                         http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/x-ndjson"),
+                        http::HeaderValue::from_static("application/gzip"),
                     );
                     r
                 }

@@ -373,7 +373,7 @@ fn resource(state: &State, req: &Request<Incoming>) -> Response<Body> {
 fn project(state: &State, eshop_id: u64) -> (String, String) {
     let info: Value = state
         .eshop(eshop_id)
-        .and_then(|e| serde_json::from_slice(&e.eshop_json).ok())
+        .and_then(|e| serde_json::from_slice(&e.eshop_json(&state.base_url)).ok())
         .unwrap_or_default();
     let contact = &info["contactInformation"];
     let url = contact["url"].as_str().map_or_else(

@@ -13,8 +13,10 @@ mod bucket;
 mod cli;
 mod config;
 mod control;
+mod entities;
 mod eshop_oauth;
 mod oauth;
+mod spelling;
 mod state;
 pub mod testing;
 mod util;
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -107,7 +109,8 @@ impl Simulator {
         let base_url = format!("{scheme}://{addr}");
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ca_pem = tls.as_ref().map(|(_, pem)| pem.clone());
-        let state = Arc::new(State::new(cfg, base_url, shutdown_rx.clone()));
+        let spelling = spelling::shoptet_spelling().await;
+        let state = Arc::new(State::new(cfg, base_url, spelling, shutdown_rx.clone()));
         let acceptor = tls.map(|(a, _)| a);
         let task = tokio::spawn(accept_loop(listener, state.clone(), acceptor, shutdown_rx));
         Ok(SimHandle {
@@ -264,17 +267,30 @@ async fn dispatch(
     ip_counter: Arc<std::sync::atomic::AtomicUsize>,
     req: Request<Incoming>,
 ) -> HandlerResult {
+    let http1 = req.version() <= Version::HTTP_11;
+    let mut result = route(&state, ip_counter, req).await;
+    if let (true, Ok(resp)) = (http1, &mut result) {
+        resp.extensions_mut().extend(state.spelling.clone());
+    }
+    result
+}
+
+async fn route(
+    state: &Arc<State>,
+    ip_counter: Arc<std::sync::atomic::AtomicUsize>,
+    req: Request<Incoming>,
+) -> HandlerResult {
     let path = req.uri().path();
     if path.starts_with("/api/") || path == "/api" {
-        api::handle(state, ip_counter, req).await
+        api::handle(state.clone(), ip_counter, req).await
     } else if path == "/action/ApiOAuthServer/token" {
-        Ok(oauth::token(&state, req).await)
+        Ok(oauth::token(state, req).await)
     } else if path == "/action/ApiOAuthServer/getAccessToken" {
-        Ok(oauth::get_access_token(&state, req))
+        Ok(oauth::get_access_token(state, req).await)
     } else if path.starts_with("/eshops/") {
-        Ok(eshop_oauth::handle(&state, req).await)
+        Ok(eshop_oauth::handle(state, req).await)
     } else if path.starts_with("/sim/") {
-        Ok(control::handle(&state, req).await)
+        Ok(control::handle(state, req).await)
     } else {
         Ok(util::plain_json(
             StatusCode::NOT_FOUND,

@@ -218,8 +218,10 @@ pub(crate) fn bearer<B>(req: &Request<B>) -> Option<&str> {
         .map(str::trim)
 }
 
-/// `GET|POST /action/ApiOAuthServer/getAccessToken`.
-pub(crate) fn get_access_token(state: &State, req: Request<Incoming>) -> Response<Body> {
+/// `GET|POST /action/ApiOAuthServer/getAccessToken`. With `tokenDelay`, a minted token's answer
+/// waits that long; the token is minted (counted, valid, under the cap) before the wait, so a
+/// caller that gives up meanwhile still used up one of the five.
+pub(crate) async fn get_access_token(state: &State, req: Request<Incoming>) -> Response<Body> {
     state
         .counters
         .get_access_token_calls
@@ -253,10 +255,16 @@ pub(crate) fn get_access_token(state: &State, req: Request<Incoming>) -> Respons
         return plain_json(StatusCode::FORBIDDEN, Bytes::from_static(body.as_bytes()));
     }
     match state.mint(&eshop, presented) {
-        Ok((token, lifetime)) => json_value(
-            StatusCode::OK,
-            &json!({"access_token": token, "expires_in": lifetime}),
-        ),
+        Ok((token, lifetime)) => {
+            let delay = state.cfg().token_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            json_value(
+                StatusCode::OK,
+                &json!({"access_token": token, "expires_in": lifetime}),
+            )
+        }
         Err(Mint::Unauthorized) => {
             state.count_status(Some(&eshop), 401);
             unauthorized()

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::bucket::Bucket;
+use super::entities;
 use super::eshop_oauth::SettingsAuth;
 use super::util::{now_shoptet, random_lower_alnum};
 use super::{SimConfig, SimInstallation};
@@ -120,7 +121,7 @@ impl EshopData {
         self.orders.get_or_insert_with(|| {
             let created = now_shoptet();
             (1..=SEED_ORDERS)
-                .map(|seq| order_json(id, seq, &created))
+                .map(|seq| entities::order(id, seq, &created))
                 .collect()
         })
     }
@@ -139,49 +140,15 @@ pub(crate) struct Eshop {
     pub data: Mutex<EshopData>,
     /// None until the first renew-signature-key: deliveries then go unsigned.
     pub signature_key: Mutex<Option<String>>,
-    /// The serialized `data` of `GET /api/eshop`, built once.
-    pub eshop_json: Bytes,
+    /// The serialized `data` of `GET /api/eshop`, built on first use: 100,000 bulk e-shops
+    /// would otherwise hold half a gigabyte of it.
+    eshop_json: OnceLock<Bytes>,
     pub counters: EshopCounters,
     pub in_flight: AtomicUsize,
 }
 
-pub(crate) fn order_json(eshop_id: u64, seq: u64, created: &str) -> (String, Value) {
-    let code = format!("{}{:06}", 2024, seq);
-    let price = 100 + (seq * 37) % 900;
-    let v = json!({
-        "code": code,
-        "guid": format!("{:08x}-0000-4000-8000-{:012x}", eshop_id, seq),
-        "creationTime": created,
-        "changeTime": null,
-        "email": format!("customer{seq}@example.com"),
-        "fullName": format!("Customer {seq}"),
-        "status": {"id": -1, "name": "New"},
-        "paid": false,
-        "price": {"withVat": format!("{}.00", price * 121 / 100), "withoutVat": format!("{price}.00"),
-                  "currencyCode": "CZK"},
-    });
-    (code, v)
-}
-
 impl Eshop {
     fn new(id: u64) -> Self {
-        let url = format!("https://{id}.myshoptet.com/");
-        let eshop_json = serde_json::to_vec(&json!({
-            "contactInformation": {
-                "eshopName": format!("Simulated e-shop {id}"),
-                "url": url,
-                "contactPerson": "Owner",
-                "email": contact_email(id),
-                "phone": "+420 000 000 000",
-            },
-            "urls": [
-                {"ident": "oauth", "url": format!("{url}action/OAuthServer/")},
-                {"ident": "eshop", "url": url},
-            ],
-            "defaultCurrency": "CZK",
-            "defaultLanguage": "cs",
-        }))
-        .unwrap_or_default();
         Eshop {
             id,
             status: AtomicU8::new(ACTIVE),
@@ -199,10 +166,20 @@ impl Eshop {
                 webhooks: Vec::new(),
             }),
             signature_key: Mutex::new(None),
-            eshop_json: Bytes::from(eshop_json),
+            eshop_json: OnceLock::new(),
             counters: EshopCounters::default(),
             in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// The serialized `data` of `GET /api/eshop`.
+    pub(crate) fn eshop_json(&self, base_url: &str) -> Bytes {
+        self.eshop_json
+            .get_or_init(|| {
+                let v = entities::eshop(self.id, base_url, &contact_email(self.id));
+                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+            })
+            .clone()
     }
 
     pub(crate) fn status(&self) -> u8 {
@@ -407,6 +384,8 @@ pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub(crate) struct State {
     cfg: RwLock<Arc<SimConfig>>,
     pub base_url: String,
+    /// Added to every HTTP/1.x answer: Shoptet's header spellings (see `spelling`).
+    pub spelling: http::Extensions,
     pub eshops: DashMap<u64, Arc<Eshop>>,
     /// One-time code → (e-shop, the OAuth token it exchanges to).
     pub codes: DashMap<String, (u64, String)>,
@@ -428,8 +407,14 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(cfg: SimConfig, base_url: String, shutdown: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(
+        cfg: SimConfig,
+        base_url: String,
+        spelling: http::Extensions,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         State {
+            spelling,
             cfg: RwLock::new(Arc::new(cfg)),
             base_url,
             eshops: DashMap::new(),
