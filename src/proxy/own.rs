@@ -15,7 +15,7 @@ const MAX_ANSWER: usize = 64 * 1024;
 impl Proxy {
     /// Asks Shoptet for a new webhook signature key for `eshop_id` (the old one stops verifying).
     pub async fn renew_signature_key(&self, eshop_id: u64) -> Result<Secret, ProxyError> {
-        let uri: http::Uri = format!("{}{}", self.settings.api_base, api::RENEW_SIGNATURE_KEY)
+        let uri: http::Uri = format!("{}{}", self.settings.load().api_base, api::RENEW_SIGNATURE_KEY)
             .parse()
             .map_err(|_| ProxyError::UpstreamUnreachable)?;
         let eshop = self.eshops.get(eshop_id);
@@ -32,7 +32,7 @@ impl Proxy {
                 .body(ReqBody::empty())
                 .map_err(|_| ProxyError::UpstreamUnreachable)?;
             let resp =
-                tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req))
+                tokio::time::timeout(self.settings.load().upstream_timeout, self.client.request(req))
                     .await
                     .map_err(|_| ProxyError::UpstreamTimeout)?
                     .map_err(|_| ProxyError::UpstreamUnreachable)?;
