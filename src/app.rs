@@ -24,9 +24,9 @@ use crate::state::eshops::Eshops;
 use crate::state::tokens::{TokenCache, TokenConfig};
 use crate::store::{Keyring, Store, StoreError};
 use crate::telemetry::metrics::Metrics;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::Path;
-use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
@@ -549,7 +549,11 @@ impl Reloader {
             );
         }
         // Everything that can fail comes first, so a failure leaves everything as it was.
-        let certificate = match (&self.public_cert, &new.public.tls_cert_file, &new.public.tls_key_file) {
+        let certificate = match (
+            &self.public_cert,
+            &new.public.tls_cert_file,
+            &new.public.tls_key_file,
+        ) {
             (Some(current), Some(cert), Some(key)) => Some((current, cert, key)),
             _ => None,
         };
@@ -578,7 +582,9 @@ impl Reloader {
         self.proxy.flow.reconfigure(flow_config(&new));
         self.proxy.tokens.reconfigure(token_config(&new));
         self.oauth.set_partner(partner(&new));
-        self.admin.token.store(new.admin.token.clone().map(Arc::new));
+        self.admin
+            .token
+            .store(new.admin.token.clone().map(Arc::new));
         if let Some(public) = &self.public {
             public.settings.store(Arc::new(public_settings(&new)));
         }

@@ -42,10 +42,9 @@ async fn call_once(addr: SocketAddr, auth: &str) -> Result<u16, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_on_the_socket_systemd_socket_activate_passes() {
-    let Some(activate) = common::binary::tool(
-        "systemd-socket-activate",
-        "SHOPTET_PROXY_REQUIRE_SYSTEMD",
-    ) else {
+    let Some(activate) =
+        common::binary::tool("systemd-socket-activate", "SHOPTET_PROXY_REQUIRE_SYSTEMD")
+    else {
         return;
     };
     let addon = WebhookReceiver::start().await;
@@ -73,17 +72,22 @@ async fn serves_on_the_socket_systemd_socket_activate_passes() {
     let (tx, rx) = std::sync::mpsc::channel();
     let runtime = tokio::runtime::Handle::current();
     let first_auth = auth.clone();
-    let served = tokio::task::block_in_place(|| Served::spawn(cmd, &setup.config, move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nothing listens on {addr}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // That probe connection already started the proxy; this call is answered by it.
-        runtime.spawn(async move {
-            let _ = tx.send(call_once(addr, &first_auth).await);
-        });
-    }));
+    let served = tokio::task::block_in_place(|| {
+        Served::spawn(cmd, &setup.config, move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(addr).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nothing listens on {addr}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // That probe connection already started the proxy; this call is answered by it.
+            runtime.spawn(async move {
+                let _ = tx.send(call_once(addr, &first_auth).await);
+            });
+        })
+    });
     assert_eq!(served.proxy, addr, "the proxy listens on the passed socket");
     let first = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
         .await
@@ -100,9 +104,15 @@ async fn serves_on_the_socket_systemd_socket_activate_passes() {
     assert_eq!(r.status, 200, "{}", r.text());
     served.signal("TERM");
     let (status, out, err) = served.finish(Duration::from_secs(15));
-    assert!(status.success(), "exit {status}\n{}\n{}", out.join("\n"), err.join("\n"));
     assert!(
-        out.iter().any(|l| l.contains("using the socket systemd passed")),
+        status.success(),
+        "exit {status}\n{}\n{}",
+        out.join("\n"),
+        err.join("\n")
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.contains("using the socket systemd passed")),
         "{}",
         out.join("\n")
     );
@@ -204,7 +214,15 @@ async fn replacing_the_process_on_a_passed_socket_fails_no_request() {
     };
     let (a, b) = (served_by(&first_out), served_by(&second_out));
     println!("first process answered {a}, second {b}; {during_gap} done when the first exited");
-    assert_eq!(failures, Vec::<Result<u16, String>>::new(), "failed requests");
-    assert_eq!(a + b, TOTAL, "every request answered by one of the processes");
+    assert_eq!(
+        failures,
+        Vec::<Result<u16, String>>::new(),
+        "failed requests"
+    );
+    assert_eq!(
+        a + b,
+        TOTAL,
+        "every request answered by one of the processes"
+    );
     assert!(a > 0 && b > 0, "both processes served: {a} and {b}");
 }

@@ -158,7 +158,10 @@ async fn sighup_lowers_max_in_flight_per_eshop_for_existing_and_new_eshops() {
     setup.install(2).await;
     let path = &setup.config;
     let original = std::fs::read_to_string(path).expect("config");
-    write(path, &with_key(&original, "proxy", "max_in_flight_per_eshop", "3"));
+    write(
+        path,
+        &with_key(&original, "proxy", "max_in_flight_per_eshop", "3"),
+    );
     let served = Served::start(path, "");
     let pid = served.pid();
     let http = TestClient::new();
@@ -175,10 +178,17 @@ async fn sighup_lowers_max_in_flight_per_eshop_for_existing_and_new_eshops() {
     burst(&http, &served, &auth, 1, 9).await;
     assert_eq!(peak(1), 3, "three at once before the reload");
 
-    write(path, &with_key(&original, "proxy", "max_in_flight_per_eshop", "1"));
+    write(
+        path,
+        &with_key(&original, "proxy", "max_in_flight_per_eshop", "1"),
+    );
     assert!(reload(&served));
     let reset = http
-        .post_json(&format!("{}/sim/stats/reset", setup.sim.base_url()), &[], &serde_json::json!({}))
+        .post_json(
+            &format!("{}/sim/stats/reset", setup.sim.base_url()),
+            &[],
+            &serde_json::json!({}),
+        )
         .await;
     assert_eq!(reset.status, 200, "{}", reset.text());
     // E-shop 1's lane existed before the reload, e-shop 2's is new.
@@ -254,7 +264,8 @@ async fn sighup_serves_a_rotated_certificate_to_new_connections_only() {
     let addon = WebhookReceiver::start().await;
     let setup = Setup::new(&addon.url(""), "5s").await;
     let dir = setup.dir.path();
-    let generate = || rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+    let generate =
+        || rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
     let (first, second) = (generate(), generate());
     let install = |ck: &rcgen::CertifiedKey| {
         std::fs::write(dir.join("tls.crt"), ck.cert.pem()).expect("cert");
@@ -267,7 +278,10 @@ async fn sighup_serves_a_rotated_certificate_to_new_connections_only() {
         dir.join("tls.crt").display(),
         dir.join("tls.key").display()
     );
-    write(&setup.config, &config.replace("[public]\n", &format!("[public]\n{tls}")));
+    write(
+        &setup.config,
+        &config.replace("[public]\n", &format!("[public]\n{tls}")),
+    );
     let served = Served::start(&setup.config, "");
     let pid = served.pid();
     let http = TestClient::new();
@@ -288,11 +302,16 @@ async fn sighup_serves_a_rotated_certificate_to_new_connections_only() {
     install(&second);
     assert!(reload(&served));
     assert!(
-        answered(TestClient::with_ca_pem(&second.cert.pem())).await.is_ok(),
+        answered(TestClient::with_ca_pem(&second.cert.pem()))
+            .await
+            .is_ok(),
         "a new connection gets the new certificate"
     );
     let refused = answered(TestClient::with_ca_pem(&first.cert.pem())).await;
-    assert!(refused.is_err(), "a new connection no longer gets the old one");
+    assert!(
+        refused.is_err(),
+        "a new connection no longer gets the old one"
+    );
     assert!(
         answered(open).await.is_ok(),
         "the open connection keeps its certificate"
@@ -301,7 +320,9 @@ async fn sighup_serves_a_rotated_certificate_to_new_connections_only() {
     // A key that does not belong to the certificate: nothing changes, an error is counted.
     std::fs::write(dir.join("tls.crt"), first.cert.pem()).expect("cert");
     assert!(!reload(&served));
-    assert!(answered(TestClient::with_ca_pem(&second.cert.pem())).await.is_ok());
+    assert!(answered(TestClient::with_ca_pem(&second.cert.pem()))
+        .await
+        .is_ok());
     assert_eq!(reloads(&http, &served, "error").await, 1);
     still_running(&served, pid);
 }

@@ -138,11 +138,7 @@ fn socket_units_pass_each_listener_its_named_socket_for_the_service() {
     };
     let mut names: Vec<String> = Vec::new();
     for (file, text) in &units {
-        assert_eq!(
-            value(text, "Service="),
-            ["shoptet-proxy.service"],
-            "{file}"
-        );
+        assert_eq!(value(text, "Service="), ["shoptet-proxy.service"], "{file}");
         assert_eq!(value(text, "ListenStream=").len(), 1, "{file}: one socket");
         assert!(
             !value(text, "Accept=").contains(&"yes".to_owned()),

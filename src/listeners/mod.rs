@@ -2,8 +2,8 @@
 //! ([`server`]: HTTP/1.1 + h2c, limits, graceful drain), the admin listener ([`admin`]) and the
 //! public listener ([`public`]: Shoptet's install callback and webhooks), reloadable TLS
 //! certificates ([`tls`]) and sockets passed by systemd ([`activation`]).
+pub mod activation;
 pub mod admin;
 pub mod public;
 pub mod server;
 pub mod tls;
-pub mod activation;

@@ -106,7 +106,11 @@ fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
 impl Public {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<PublicBody> {
         let method = req.method().clone();
-        let ip = client_ip(peer.ip(), req.headers(), &self.settings.load().trusted_proxies);
+        let ip = client_ip(
+            peer.ip(),
+            req.headers(),
+            &self.settings.load().trusted_proxies,
+        );
         let resp = match (req.method(), req.uri().path()) {
             (&Method::GET, "/install") => {
                 if allowed(&self.settings.load().install_allow, ip) {

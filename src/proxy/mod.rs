@@ -255,9 +255,7 @@ impl Proxy {
         let eshop_id = tagged.eshop_id;
         trace.eshop_id = Some(eshop_id);
         let mut target = String::with_capacity(
-            settings.api_base.len()
-                + tagged.path.len()
-                + tagged.query.map_or(0, |q| q.len() + 1),
+            settings.api_base.len() + tagged.path.len() + tagged.query.map_or(0, |q| q.len() + 1),
         );
         target.push_str(&settings.api_base);
         target.push_str(tagged.path);

@@ -324,7 +324,9 @@ impl TokenCache {
         let eshop = eshop.clone();
         tokio::spawn(async move {
             // Errors are recorded in the slot (backoff) and counted; the old token serves on.
-            let _ = this.fetch(&eshop, this.cfg.load().refresh_margin, None).await;
+            let _ = this
+                .fetch(&eshop, this.cfg.load().refresh_margin, None)
+                .await;
             eshop.token.refreshing.store(false, Ordering::Release);
         });
     }
