@@ -55,7 +55,7 @@ async fn assert_one_replica_one_token(c: &Cluster) {
     );
     assert_eq!(stats.status429, 0, "the simulator answered 429");
     assert_eq!(stats.calls.get_access_token, 1);
-    let by = c.served_by(ESHOP);
+    let by = c.owners(ESHOP).await;
     assert_eq!(by.len(), 1, "e-shop served by replicas {by:?}");
 }
 
@@ -211,7 +211,7 @@ async fn a_replica_killed_under_load_costs_no_get_no_token_and_no_duplicate_post
     // The victim is the replica holding the most e-shops.
     let mut owner = BTreeMap::new();
     for id in ESHOPS {
-        let by = c.served_by(id);
+        let by = c.owners(id).await;
         assert_eq!(by.len(), 1, "e-shop {id} served by {by:?}");
         owner.insert(id, by[0]);
     }
@@ -255,8 +255,8 @@ async fn a_replica_killed_under_load_costs_no_get_no_token_and_no_duplicate_post
         "the failover minted a token"
     );
     for id in &moved {
-        let by = c.served_by(*id);
-        assert!(!by.is_empty(), "e-shop {id} was not taken over");
+        // Panics when no surviving replica took it over.
+        c.owners(*id).await;
     }
     assert_eq!(c.metric("shoptet_proxy_bucket_429_total").await, 0.0);
     let created = tally.created.lock().expect("created").clone();
@@ -289,4 +289,78 @@ async fn a_replica_killed_under_load_costs_no_get_no_token_and_no_duplicate_post
         tally.post_failures.load(Ordering::Relaxed),
         c.servers().await
     );
+}
+
+/// The simulator's counters of `eshop`: API calls and orders created.
+fn eshop_counts(c: &Cluster, eshop: u64) -> (u64, u64) {
+    let stats = c.h.sim.stats();
+    let e = stats.eshops.get(&eshop).cloned().unwrap_or_default();
+    (e.api_calls, e.orders_created)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_on_a_killed_replica_a_get_is_retried_a_post_is_not_resent() {
+    let Some(mut c) = Cluster::start(|_| {}).await else {
+        return;
+    };
+    c.install(&[ESHOP]).await;
+    let get = c.targets(ESHOP).swap_remove(0);
+    let warm = c.h.http.get(&get.url, &get.header_refs()).await;
+    assert_eq!(warm.status, 200, "{}", warm.text());
+    let owner = c.owners(ESHOP).await;
+    assert_eq!(owner.len(), 1, "served by {owner:?}");
+
+    // Both reach Shoptet (the order is created on arrival) and wait there for their answers.
+    let slow = [
+        ("x-sim-delay-ms", "3000"),
+        ("content-type", "application/json"),
+    ];
+    let get_task = {
+        let (http, url) = (c.h.http.clone(), get.url.clone());
+        let mut headers = get.headers.clone();
+        headers.extend(slow.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        tokio::spawn(async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            http.try_request(http::Method::GET, &url, &h, "").await
+        })
+    };
+    let post_task = {
+        let (http, url) = (
+            c.h.http.clone(),
+            c.lb_url(&format!("/eshops/{ESHOP}/api/orders")),
+        );
+        let body = json!({"data": {"email": "in-flight@example.com"}}).to_string();
+        tokio::spawn(async move {
+            http.try_request(http::Method::POST, &url, &slow, body)
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while eshop_counts(&c, ESHOP) != (3, 1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow requests did not arrive: {:?}",
+            eshop_counts(&c, ESHOP)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.kill(owner[0]);
+
+    let got = get_task.await.expect("GET task").expect("GET answered");
+    assert_eq!(got.status, 200, "the GET was not retried: {}", got.text());
+    let posted = post_task.await.expect("POST task");
+    let status = posted.as_ref().map(|r| r.status.as_u16());
+    assert!(
+        matches!(status, Ok(500..=599) | Err(_)),
+        "the POST's replica died before answering, so only a second send could answer {status:?}"
+    );
+    assert_eq!(
+        eshop_counts(&c, ESHOP),
+        (4, 1),
+        "the GET was sent twice, the POST once"
+    );
+    assert_eq!(c.h.sim.stats().calls.get_access_token, 1);
 }

@@ -54,9 +54,7 @@ impl Cluster {
         let url = pg_url().await?;
         let h = Deployment::with_store(Some(url)).await;
         h.sim.set_config(tweak);
-        let replicas: Vec<Served> = (0..REPLICAS)
-            .map(|_| h.serve("info", &[]))
-            .collect();
+        let replicas: Vec<Served> = (0..REPLICAS).map(|_| h.serve("info", &[])).collect();
         let lb_port = free_port();
         let stats_port = free_port();
         let lb_log = h.path("haproxy.log");
@@ -191,6 +189,23 @@ impl Cluster {
         (0..REPLICAS)
             .filter(|&i| self.replicas[i].as_ref().is_some_and(served))
             .collect()
+    }
+
+    /// [`Cluster::served_by`] once it names a replica: a replica logs a request just after its
+    /// answer, so a client can be a moment ahead of the log. Panics after 5 s of nothing.
+    pub async fn owners(&self, eshop: u64) -> Vec<usize> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let by = self.served_by(eshop);
+            if !by.is_empty() {
+                return by;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica logged e-shop {eshop}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The value of metric `name` (no labels) on every live replica, summed.
