@@ -5,12 +5,13 @@
 //! the tests report "skipped", unless `SHOPTET_PROXY_REQUIRE_PG=1` / `SHOPTET_PROXY_REQUIRE_HAPROXY=1`
 //! (tests/run.sh) make that a failure.
 //!
-//! `SHOPTET_PROXY_CLUSTER_SECS` sets the measured window of the drain-rate test (10 s by default;
-//! benches/cluster.sh runs 30 s and prints the figures).
+//! `SHOPTET_PROXY_CLUSTER_SECS` sets the measured window of the drain-rate test and of the
+//! ignored throughput benchmark (10 s by default; benches/cluster.sh runs both for 30 s in
+//! release mode and prints the figures).
 
 mod common;
 
-use common::cluster::{server_name, Cluster};
+use common::cluster::{server_name, Cluster, REPLICAS};
 use common::load::{fire_at, Clients, Load, Target};
 use serde_json::json;
 use shoptet_proxy::sim::testing::TestClient;
@@ -363,4 +364,52 @@ async fn requests_in_flight_on_a_killed_replica_a_get_is_retried_a_post_is_not_r
         "the GET was sent twice, the POST once"
     );
     assert_eq!(c.h.sim.stats().calls.get_access_token, 1);
+}
+
+/// E-shops and clients of the throughput benchmark: two clients per e-shop.
+const BENCH_ESHOPS: u64 = 30;
+
+/// Not a check but the figures benches/cluster.sh prints: requests a second through HAProxy
+/// over many e-shops (the simulator's bucket off, its 3-per-token limit on), each replica's share,
+/// getAccessToken calls and 429s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: benches/cluster.sh"]
+async fn cluster_throughput_benchmark() {
+    let Some(c) = Cluster::start(|s| s.bucket = false).await else {
+        return;
+    };
+    let eshops: Vec<u64> = (0..BENCH_ESHOPS).map(|i| 9001 + i).collect();
+    c.install(&eshops).await;
+    let run = window();
+    let loads = futures_util::future::join_all(eshops.iter().map(|&id| {
+        let clients = Clients {
+            eshop: id,
+            clients: 2,
+            duration: run,
+            gap: Duration::ZERO,
+            sizes: &[0],
+        };
+        let targets = c.targets(id);
+        let http = c.h.http.clone();
+        async move { fire_at(&http, &targets, clients).await }
+    }))
+    .await;
+    let ok: usize = loads.iter().map(Load::ok).sum();
+    let failed: usize = loads.iter().map(Load::failures).sum();
+    let per_replica: Vec<usize> = (0..REPLICAS).map(|i| c.access(i, None).len()).collect();
+    let total: usize = per_replica.iter().sum::<usize>().max(1);
+    let shares: Vec<String> = per_replica
+        .iter()
+        .map(|n| format!("{:.0} %", *n as f64 * 100.0 / total as f64))
+        .collect();
+    let stats = c.h.sim.stats();
+    println!(
+        "cluster throughput: {:.0} requests/s over {run:?} ({ok} answered 200, {failed} not), \
+         {BENCH_ESHOPS} e-shops, replica shares {shares:?}, getAccessToken {}, upstream 429s {}, \
+         peak in flight per token {}",
+        ok as f64 / run.as_secs_f64(),
+        stats.calls.get_access_token,
+        stats.status429,
+        stats.peak_concurrency_per_token
+    );
 }

@@ -180,14 +180,21 @@ impl Cluster {
 
     /// The live replicas (by index) whose access log shows a request for `eshop`.
     pub fn served_by(&self, eshop: u64) -> Vec<usize> {
-        let served = |r: &Served| {
-            r.stdout_lines().iter().any(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .is_ok_and(|v| v["target"] == "access" && v["eshop_id"] == eshop)
-            })
-        };
         (0..REPLICAS)
-            .filter(|&i| self.replicas[i].as_ref().is_some_and(served))
+            .filter(|&i| !self.access(i, Some(eshop)).is_empty())
+            .collect()
+    }
+
+    /// Replica `i`'s access lines (of `eshop`, or all); none once it was killed.
+    pub fn access(&self, i: usize, eshop: Option<u64>) -> Vec<serde_json::Value> {
+        let Some(r) = &self.replicas[i] else {
+            return Vec::new();
+        };
+        r.stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access")
+            .filter(|v| eshop.is_none_or(|id| v["eshop_id"] == id))
             .collect()
     }
 
