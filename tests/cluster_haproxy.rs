@@ -194,6 +194,16 @@ async fn more_gets(tally: &Tally, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_costs_no_get_no_token_and_no_duplicate_post() {
+    replica_leaves_under_load("KILL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_draining_on_sigterm_costs_no_get_no_token_and_no_duplicate_post() {
+    replica_leaves_under_load("TERM").await;
+}
+
+/// Load over 6 e-shops through HAProxy; the replica holding the most of them gets `signal`.
+async fn replica_leaves_under_load(signal: &str) {
     let Some(mut c) = Cluster::start(|s| {
         s.bucket_capacity = 30;
         s.latency = Duration::from_millis(5);
@@ -238,7 +248,10 @@ async fn a_replica_killed_under_load_costs_no_get_no_token_and_no_duplicate_post
         ));
     }
     more_gets(&tally, 200).await;
-    c.kill(victim);
+    let exit = c.stop(victim, signal);
+    if signal == "TERM" {
+        assert!(exit.success(), "exit after SIGTERM: {exit}");
+    }
     let name = server_name(victim);
     c.wait_until("victim DOWN", |s| {
         s.iter().any(|s| s.name == name && s.status == "DOWN")
@@ -283,7 +296,7 @@ async fn a_replica_killed_under_load_costs_no_get_no_token_and_no_duplicate_post
         }
     }
     println!(
-        "killed {}: {} GETs answered, {} POSTs ({} failed), e-shops moved {moved:?}, HAProxy {:?}",
+        "{signal} {}: {} GETs answered, {} POSTs ({} failed), e-shops moved {moved:?}, HAProxy {:?}",
         server_name(victim),
         tally.gets.load(Ordering::Relaxed),
         tally.posts.load(Ordering::Relaxed),
@@ -348,7 +361,7 @@ async fn requests_in_flight_on_a_killed_replica_a_get_is_retried_a_post_is_not_r
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    c.kill(owner[0]);
+    c.stop(owner[0], "KILL");
 
     let got = get_task.await.expect("GET task").expect("GET answered");
     assert_eq!(got.status, 200, "the GET was not retried: {}", got.text());

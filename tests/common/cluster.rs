@@ -233,11 +233,12 @@ impl Cluster {
         sum
     }
 
-    /// SIGKILL for replica `i`, as a crashed machine: nothing drains.
-    pub fn kill(&mut self, i: usize) {
+    /// Sends `signal` to replica `i` ("KILL": a crash, nothing drains; "TERM": it drains) and
+    /// waits for it to exit; returns its exit status. Other tasks keep running meanwhile.
+    pub fn stop(&mut self, i: usize, signal: &str) -> std::process::ExitStatus {
         let r = self.replicas[i].take().expect("replica is running");
-        r.signal("KILL");
-        let _ = r.finish(Duration::from_secs(10));
+        r.signal(signal);
+        tokio::task::block_in_place(|| r.finish(Duration::from_secs(40)).0)
     }
 }
 
