@@ -7,7 +7,8 @@
 #                       each replica's share, getAccessToken calls, upstream 429s
 #   cluster drain:      30 clients on one e-shop with the bucket on, the rate over the window as a
 #                       share of the drain rate (target >= 90 %, with 0 bucket 429s)
-#   killed replica1..3: SIGKILL under load over 6 e-shops (GETs answered, POSTs, HAProxy retries)
+#   KILL, TERM:         a replica killed or drained under load over 6 e-shops (GETs answered, POSTs,
+#                       HAProxy's retries and redispatches)
 #
 # Usage: benches/cluster.sh          (about 2 minutes after the build)
 # Env:   SECS=30   the measured window of the throughput and drain runs
@@ -26,4 +27,4 @@ export SHOPTET_PROXY_REQUIRE_PG=1 SHOPTET_PROXY_REQUIRE_HAPROXY=1
 export SHOPTET_PROXY_CLUSTER_SECS=$SECS
 # One scenario at a time: the machine's cores are the load generator's too.
 cargo test --release --quiet --test cluster_haproxy -- --include-ignored --nocapture \
-    --test-threads 1 2>&1 | grep -E '^(cluster |killed |test result)'
+    --test-threads 1 2>&1 | grep -oE '(cluster (throughput|drain)|KILL|TERM|error)[: ].*|test result.*'
