@@ -145,6 +145,7 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         TokenConfig {
             refresh_margin: cfg.proxy.refresh_margin,
             backoff_max: cfg.proxy.token_backoff_max,
+            status_recheck: crate::state::tokens::STATUS_RECHECK,
         },
     ));
     let flow = Flow::new(
