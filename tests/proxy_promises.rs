@@ -37,7 +37,8 @@ fn unlimited() -> shoptet_proxy::sim::SimConfig {
 /// unless answered before.
 async fn give_up(proxy: std::net::SocketAddr, eshop_id: u64, after: Duration) {
     let mut s = TcpStream::connect(proxy).await.expect("connect");
-    let head = format!("GET /api/eshop HTTP/1.1\r\nhost: proxy\r\nx-shoptet-eshop-id: {eshop_id}\r\n\r\n");
+    let head =
+        format!("GET /api/eshop HTTP/1.1\r\nhost: proxy\r\nx-shoptet-eshop-id: {eshop_id}\r\n\r\n");
     s.write_all(head.as_bytes()).await.expect("write");
     let mut buf = [0u8; 1];
     let _ = tokio::time::timeout(after, s.read(&mut buf)).await;
@@ -60,11 +61,16 @@ async fn seven_impatient_clients(h: &Harness) {
 async fn clients_giving_up_during_a_slow_token_fetch_do_not_burn_tokens() {
     let h = Harness::start(unlimited()).await;
     h.install(ESHOP).await;
-    h.sim.set_config(|c| c.token_delay = Duration::from_millis(1500));
+    h.sim
+        .set_config(|c| c.token_delay = Duration::from_millis(1500));
     seven_impatient_clients(&h).await;
     let r = h.get(ESHOP, "/api/eshop").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert!(h.token_calls() <= 2, "getAccessToken calls: {}", h.token_calls());
+    assert!(
+        h.token_calls() <= 2,
+        "getAccessToken calls: {}",
+        h.token_calls()
+    );
     assert!(h.minted(ESHOP) <= 2, "minted: {}", h.minted(ESHOP));
     h.stop().await;
 }
@@ -74,14 +80,18 @@ async fn clients_giving_up_during_the_refresh_after_a_401_do_not_burn_tokens() {
     let h = Harness::start(unlimited()).await;
     h.install(ESHOP).await;
     assert_eq!(h.get(ESHOP, "/api/eshop").await.status, StatusCode::OK);
-    h.sim.set_config(|c| c.token_delay = Duration::from_millis(1500));
+    h.sim
+        .set_config(|c| c.token_delay = Duration::from_millis(1500));
     h.revoke_tokens(ESHOP).await;
     let before = h.token_calls();
     seven_impatient_clients(&h).await;
     let r = h.get(ESHOP, "/api/eshop").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let calls = h.token_calls() - before;
-    assert!(calls <= 2, "getAccessToken calls since the revocation: {calls}");
+    assert!(
+        calls <= 2,
+        "getAccessToken calls since the revocation: {calls}"
+    );
     h.stop().await;
 }
 
@@ -94,11 +104,16 @@ async fn a_hundred_clients_all_giving_up_leave_one_token_behind() {
     })
     .await;
     h.install(ESHOP).await;
-    h.sim.set_config(|c| c.token_delay = Duration::from_millis(1500));
+    h.sim
+        .set_config(|c| c.token_delay = Duration::from_millis(1500));
     join_all((0..100).map(|_| give_up(h.proxy_addr, ESHOP, GIVE_UP))).await;
     let r = h.get(ESHOP, "/api/eshop").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert!(h.token_calls() <= 2, "getAccessToken calls: {}", h.token_calls());
+    assert!(
+        h.token_calls() <= 2,
+        "getAccessToken calls: {}",
+        h.token_calls()
+    );
     h.stop().await;
 }
 
@@ -138,8 +153,14 @@ fn serve_until_exit(config: &std::path::Path, limit: Duration) -> (Option<i32>, 
             let took = started.elapsed();
             let mut out = String::new();
             for pipe in [
-                child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read>),
-                child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read>),
             ]
             .into_iter()
             .flatten()
@@ -333,7 +354,11 @@ async fn a_streamed_body_over_64_mib_is_cut_off_with_413_and_10_mib_passes() {
     let (status, body) = chunked_upload(h.proxy_addr, 10 << 20).await;
     assert_eq!((status, body.as_str()), (200, "10485760"));
     let (status, body) = chunked_upload(h.proxy_addr, 64 << 20).await;
-    assert_eq!((status, body.as_str()), (200, "67108864"), "exactly 64 MiB passes");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "67108864"),
+        "exactly 64 MiB passes"
+    );
     // Still serving.
     assert_eq!(h.get(ESHOP, "/api/eshop").await.status, StatusCode::OK);
     h.stop().await;
@@ -380,7 +405,11 @@ async fn a_retried_429_keeps_its_upstream_connection() {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let part = if i == 0 { "{\"data\":null," } else { "\"errors\":[]}" };
+                let part = if i == 0 {
+                    "{\"data\":null,"
+                } else {
+                    "\"errors\":[]}"
+                };
                 Some((Ok::<_, Infallible>(Frame::data(Bytes::from(part))), i + 1))
             });
             let mut r = Response::new(StreamBody::new(parts).boxed());

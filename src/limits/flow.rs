@@ -237,12 +237,7 @@ impl Permit {
     }
 
     /// The upstream answer's head arrived (at `now`): learn the bucket level from it.
-    pub fn answered(
-        &mut self,
-        status: http::StatusCode,
-        headers: &http::HeaderMap,
-        now: Instant,
-    ) {
+    pub fn answered(&mut self, status: http::StatusCode, headers: &http::HeaderMap, now: Instant) {
         let filling = headers
             .get(&BUCKET_FILLING)
             .and_then(|v| bucket::parse_filling(v.as_bytes()));
@@ -310,11 +305,7 @@ mod tests {
 
     /// Runs one request through `flow` whose answer reports `filling` (and `status`).
     async fn answer(flow: &Flow, e: &Arc<Eshop>, status: StatusCode, filling: &'static str) {
-        let mut permit = flow
-            .admit(e)
-            .await
-            .expect("admitted")
-            .permit;
+        let mut permit = flow.admit(e).await.expect("admitted").permit;
         permit.sending();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -336,11 +327,7 @@ mod tests {
         let flow = flow(Duration::from_secs(30), Some(10.0));
         // 188 + 3 × cost 1 > 190: room for two requests now, the third waits 0.1 s of drain.
         answer(&flow, &e, StatusCode::OK, "188/200").await;
-        let (a, b, c) = tokio::join!(
-            flow.admit(&e),
-            flow.admit(&e),
-            flow.admit(&e),
-        );
+        let (a, b, c) = tokio::join!(flow.admit(&e), flow.admit(&e), flow.admit(&e),);
         let mut paced: Vec<Duration> = [a, b, c]
             .into_iter()
             .map(|r| r.expect("admitted").paced)
@@ -361,10 +348,7 @@ mod tests {
         answer(&flow, &e, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
         assert_eq!(flow.metrics.bucket_429.get(), 1);
         // A full bucket needs 1.1 s to reach 190 − 1; the queue timeout is 0.3 s.
-        let admission = flow
-            .admit(&e)
-            .await
-            .expect("sent at the deadline");
+        let admission = flow.admit(&e).await.expect("sent at the deadline");
         // Released at the deadline, not after the 1.1 s the drain needs.
         assert!(
             admission.paced >= Duration::from_millis(250)
@@ -380,12 +364,7 @@ mod tests {
         let flow = flow(Duration::from_secs(30), Some(10.0));
         let mut held = Vec::new();
         for _ in 0..2 {
-            held.push(
-                flow.admit(&e)
-                    .await
-                    .expect("admitted")
-                    .permit,
-            );
+            held.push(flow.admit(&e).await.expect("admitted").permit);
         }
         // 195 + 3 × cost 1 − 190: the drain alone would take 0.8 s.
         answer(&flow, &e, StatusCode::OK, "195/200").await;

@@ -328,18 +328,17 @@ struct Installer {
 /// the install budget) and queues the "installed" event.
 async fn complete_install(i: Installer, code: String) -> Result<Response<PublicBody>, ProxyError> {
     let deadline = Instant::now() + INSTALL_BUDGET;
-    let grant =
-        match tokio::time::timeout(EXCHANGE_BUDGET, i.oauth.exchange_code(&code)).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "installation: code exchange failed");
-                return Err(ProxyError::InstallFailed);
-            }
-            Err(_) => {
-                tracing::warn!("installation: the OAuth server did not answer in time");
-                return Err(ProxyError::InstallFailed);
-            }
-        };
+    let grant = match tokio::time::timeout(EXCHANGE_BUDGET, i.oauth.exchange_code(&code)).await {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "installation: code exchange failed");
+            return Err(ProxyError::InstallFailed);
+        }
+        Err(_) => {
+            tracing::warn!("installation: the OAuth server did not answer in time");
+            return Err(ProxyError::InstallFailed);
+        }
+    };
     let eshop_id = grant.eshop_id;
     let new = NewInstallation {
         eshop_id,

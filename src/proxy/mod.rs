@@ -24,8 +24,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use policy::{classify_401, Answer, Attempt, Decision, Reason, Rejection, MAX_429_RETRIES};
 pub use policy::parse_retry_after;
+use policy::{classify_401, Answer, Attempt, Decision, Reason, Rejection, MAX_429_RETRIES};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -218,18 +218,14 @@ impl Proxy {
         let declared_len = rewrite_request_headers(&mut headers, &self.settings.eshop_header)?;
         headers.insert(header::HOST, self.settings.api_host.clone());
 
-        let mut body = match read_for_replay(
-            body,
-            declared_len,
-            self.settings.max_replay_body,
-            MAX_BODY,
-        )
-        .await
-            .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
-        {
-            ClientBody::Replayable(b) => Outgoing::Replayable(b),
-            ClientBody::Streaming(s, over) => Outgoing::Once(Some(s), over),
-        };
+        let mut body =
+            match read_for_replay(body, declared_len, self.settings.max_replay_body, MAX_BODY)
+                .await
+                .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
+            {
+                ClientBody::Replayable(b) => Outgoing::Replayable(b),
+                ClientBody::Streaming(s, over) => Outgoing::Once(Some(s), over),
+            };
 
         let eshop = self.eshops.get(eshop_id);
         let admission = self.flow.admit(&eshop).await?;
@@ -246,7 +242,10 @@ impl Proxy {
         loop {
             let Some(req_body) = body.next() else {
                 // The policy resends only a kept body, so a streamed one is never asked for twice.
-                tracing::error!(eshop_id, "a streamed request body was asked for a second time");
+                tracing::error!(
+                    eshop_id,
+                    "a streamed request body was asked for a second time"
+                );
                 return Err(ProxyError::Internal("a streamed body was to be resent"));
             };
             // The head is copied only while another attempt may still need it.

@@ -27,7 +27,9 @@ pub enum Answer<'a> {
     /// A 401, its envelope classified (an envelope too large to read is `Terminal`).
     Unauthorized(Rejection),
     /// A 429 and its `Retry-After`, if any.
-    TooManyRequests { retry_after: Option<&'a HeaderValue> },
+    TooManyRequests {
+        retry_after: Option<&'a HeaderValue>,
+    },
     /// Anything else.
     Other(StatusCode),
 }
@@ -247,7 +249,11 @@ mod tests {
             ..get()
         };
         assert_eq!(
-            decide(&Answer::TooManyRequests { retry_after: None }, &second, WAIT),
+            decide(
+                &Answer::TooManyRequests { retry_after: None },
+                &second,
+                WAIT
+            ),
             Decision::WaitAndRetry(Duration::from_millis(400))
         );
         assert_eq!(

@@ -69,7 +69,11 @@ impl fmt::Debug for Keyring {
             .field("current", &hex_id(&self.current.id))
             .field(
                 "previous",
-                &self.previous.iter().map(|k| hex_id(&k.id)).collect::<Vec<_>>(),
+                &self
+                    .previous
+                    .iter()
+                    .map(|k| hex_id(&k.id))
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -291,7 +295,10 @@ mod tests {
         let old = ring(1, &[]);
         let sealed = old.seal(7, "oauth_token", b"tok").unwrap();
         let other = ring(2, &[]);
-        assert_eq!(other.foreign_key_id(&sealed), Some(old.key_ids()[0].clone()));
+        assert_eq!(
+            other.foreign_key_id(&sealed),
+            Some(old.key_ids()[0].clone())
+        );
         assert_eq!(ring(2, &[1]).foreign_key_id(&sealed), None);
         assert_eq!(old.foreign_key_id(&sealed), None);
         assert_eq!(other.foreign_key_id(b"short"), None);
