@@ -275,6 +275,7 @@ impl Proxy {
         };
 
         let eshop = self.eshops.get(eshop_id);
+        eshop.count_request();
         let admission = self.flow.admit(&eshop, arrived).await?;
         trace.queued = admission.queued;
         trace.paced = admission.paced;
@@ -318,6 +319,7 @@ impl Proxy {
                 Ok(Ok(r)) => r,
             };
             permit.answered(resp.status(), resp.headers(), (sent + took).into());
+            eshop.upstream_answered(resp.status().as_u16());
             trace.request_id = resp.headers().get(&REQUEST_ID).cloned();
 
             match resp.status() {
