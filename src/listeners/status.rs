@@ -221,11 +221,18 @@ pub fn render_eshop(s: &InstallationSummary, r: &Runtime) -> String {
     let mut body = String::with_capacity(4 * 1024);
     body.push_str("<section><h2>Installation</h2><table>");
     row(&mut body, "e-shop id", &s.eshop_id.to_string());
-    let status_class = if s.status == Status::Active { "ok" } else { "bad" };
+    let status_class = if s.status == Status::Active {
+        "ok"
+    } else {
+        "bad"
+    };
     row(
         &mut body,
         "status",
-        &format!("<span class=\"{status_class}\">{}</span>", s.status.as_str()),
+        &format!(
+            "<span class=\"{status_class}\">{}</span>",
+            s.status.as_str()
+        ),
     );
     // Shown as text, not as a link: the URL comes from outside.
     row(&mut body, "URL", &text_or_dash(s.eshop_url.as_deref()));
@@ -280,10 +287,16 @@ pub fn render_eshop(s: &InstallationSummary, r: &Runtime) -> String {
     row(
         &mut body,
         "last upstream status",
-        &r.last_upstream_status
-            .map_or_else(|| "<span class=\"muted\">—</span>".to_owned(), |s| s.to_string()),
+        &r.last_upstream_status.map_or_else(
+            || "<span class=\"muted\">—</span>".to_owned(),
+            |s| s.to_string(),
+        ),
     );
-    row(&mut body, "requests since start", &r.requests_total.to_string());
+    row(
+        &mut body,
+        "requests since start",
+        &r.requests_total.to_string(),
+    );
     body.push_str("</table></section>");
     page(&format!("e-shop {}", s.eshop_id), &body)
 }

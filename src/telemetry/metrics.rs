@@ -246,7 +246,10 @@ impl Metrics {
             .flat_map(|f| f.get_metric())
             .map(|m| {
                 let label = m.get_label().first().map(|l| l.value().to_owned());
-                (label.unwrap_or_default(), m.get_counter().get_value() as u64)
+                (
+                    label.unwrap_or_default(),
+                    m.get_counter().get_value() as u64,
+                )
             })
             .collect();
         out.sort();
