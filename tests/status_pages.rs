@@ -328,7 +328,7 @@ async fn chromium_renders_both_pages_and_runs_no_injected_script() {
     if common::binary::tool("chromium", REQUIRE_CHROMIUM).is_none() {
         return;
     }
-    let (h, p) = with_traffic(4).await;
+    let (_h, p) = with_traffic(4).await;
 
     // The DOM after load, as the browser built it: markup that ran would show here as elements
     // or as the attribute its handler sets.
