@@ -16,7 +16,7 @@ use crate::error::ProxyError;
 use crate::limits::bucket::{self, Bucket};
 use crate::telemetry::metrics::Metrics;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -134,6 +134,20 @@ pub struct Lane {
     bucket: Mutex<Bucket>,
     /// Wakes paced requests when an answer corrects the model, often freeing room early.
     answers: Notify,
+    /// Requests this lane delayed for the bucket since start (the status pages show it).
+    paced_total: AtomicU64,
+}
+
+/// What one e-shop's lane holds now, for the live state (SPEC B7 `runtime`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LaneSnapshot {
+    /// Sent upstream (or admitted to be) and not answered yet.
+    pub in_flight: u32,
+    /// Waiting for a slot.
+    pub queued: usize,
+    pub paced_total: u64,
+    /// `None` until an answer reported the bucket's level.
+    pub bucket: Option<bucket::Level>,
 }
 
 impl Lane {
@@ -143,6 +157,18 @@ impl Lane {
             waiting: AtomicUsize::new(0),
             bucket: Mutex::new(Bucket::new(Instant::now())),
             answers: Notify::new(),
+            paced_total: AtomicU64::new(0),
+        }
+    }
+
+    /// A copy of the lane's state; holds its bucket lock for a few field reads.
+    pub fn snapshot(&self) -> LaneSnapshot {
+        let b = lock(&self.bucket);
+        LaneSnapshot {
+            in_flight: b.in_flight(),
+            queued: self.waiting.load(Ordering::Relaxed),
+            paced_total: self.paced_total.load(Ordering::Relaxed),
+            bucket: b.level(tokio::time::Instant::now()),
         }
     }
 }
@@ -257,6 +283,7 @@ impl Flow {
         let queued = waiting_since.map_or(paced, |since| since.elapsed());
         self.metrics.queue_wait.observe(queued.as_secs_f64());
         if !paced.is_zero() {
+            lane.paced_total.fetch_add(1, Ordering::Relaxed);
             self.metrics.paced.inc();
             self.metrics.pace_wait.observe(paced.as_secs_f64());
         }

@@ -231,6 +231,7 @@ impl Proxy {
         };
 
         let eshop = self.eshops.get(eshop_id);
+        eshop.count_request();
         let admission = self.flow.admit(&eshop).await?;
         trace.queued = admission.queued;
         trace.paced = admission.paced;
@@ -283,6 +284,7 @@ impl Proxy {
                 Ok(Ok(r)) => r,
             };
             permit.answered(resp.status(), resp.headers(), sent + took);
+            eshop.upstream_answered(resp.status().as_u16());
             trace.request_id = resp.headers().get(&REQUEST_ID).cloned();
 
             // A 401's envelope says whether a new token can help; read it (it is small).

@@ -535,6 +535,36 @@ impl TokenCache {
     }
 }
 
+/// What one e-shop's token state is now, for the live state (SPEC B7 `runtime`): no secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSnapshot {
+    /// Left on the cached token, if any.
+    pub expires_in: Option<Duration>,
+    pub refreshing: bool,
+    /// Requests fail fast until then.
+    pub backoff_until: Option<SystemTime>,
+    /// The errorCode of the last failed fetch, until a fetch succeeds.
+    pub last_error: Option<&'static str>,
+}
+
+impl Slot {
+    /// A copy of the slot's state; holds its lock for a few field reads.
+    pub fn snapshot(&self) -> TokenSnapshot {
+        let st = lock(&self.state);
+        let now = Instant::now();
+        TokenSnapshot {
+            expires_in: st.token.as_ref().map(|t| t.remaining_at(now)),
+            refreshing: self.refreshing.load(Ordering::Relaxed),
+            backoff_until: st
+                .failure
+                .as_ref()
+                .filter(|f| f.until > now)
+                .map(|f| SystemTime::now() + (f.until - now)),
+            last_error: st.failure.as_ref().map(|f| f.error.code()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

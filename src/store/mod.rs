@@ -369,6 +369,24 @@ impl Store {
         rows.into_iter().map(summary).collect()
     }
 
+    /// One installation as [`Store::list`] shows it; `None` when it is not in the store.
+    pub async fn summary(&self, eshop_id: u64) -> Result<Option<InstallationSummary>, StoreError> {
+        let Some(inst) = self.get(eshop_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(InstallationSummary {
+            eshop_id,
+            eshop_url: inst.eshop_url,
+            contact_email: inst.contact_email,
+            status: inst.status,
+            installed_at: rfc3339(millis(inst.installed_at))?,
+            token_expires_at: inst
+                .access_token
+                .map(|t| rfc3339(millis(t.expires_at)))
+                .transpose()?,
+        }))
+    }
+
     /// Deletes the installation; `false` when it was unknown.
     pub async fn remove(&self, eshop_id: u64) -> Result<bool, StoreError> {
         let Ok(id) = i64::try_from(eshop_id) else {
