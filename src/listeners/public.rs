@@ -145,6 +145,12 @@ impl Public {
             .ok_or(ProxyError::BadRequest(
                 "the code query parameter is missing",
             ))?;
+        // The code can be exchanged once: with the store down the installation could not be
+        // kept, so refuse before using the code up, and Shoptet (or an admin) retries with it.
+        if !crate::listeners::admin::probe_store(&self.store, &self.metrics).await {
+            tracing::warn!("installation: store unavailable; the code was not exchanged");
+            return Err(ProxyError::StoreUnavailable);
+        }
         let grant =
             match tokio::time::timeout(EXCHANGE_BUDGET, self.oauth.exchange_code(&code)).await {
                 Ok(Ok(g)) => g,
@@ -166,7 +172,7 @@ impl Public {
         };
         if let Err(e) = self.store.upsert_installation(&new, None).await {
             tracing::error!(eshop_id, error = %e, "installation: store failed");
-            return Err(ProxyError::InstallFailed);
+            return Err(ProxyError::StoreUnavailable);
         }
         let tokens = &self.proxy.tokens;
         tokens.forget(eshop_id);
@@ -252,7 +258,7 @@ impl Public {
         // Acted on before the event is queued, so an addon reacting to `addon:suspend` already
         // finds the proxy refusing calls for that e-shop.
         self.system_event(eshop_id, &head.event, inst.status, inst.oauth_token)
-            .await;
+            .await?;
         if self.settings.deliver_webhooks {
             if let Err(e) = self
                 .store
@@ -274,7 +280,15 @@ impl Public {
 
     /// Acts on signed `addon:*` events. Suspend and approve take effect at once; uninstall and
     /// terminate only after Shoptet's OAuth server confirms the token no longer works.
-    async fn system_event(&self, eshop_id: u64, event: &str, current: Status, oauth_token: Secret) {
+    /// A suspend or approve whose status cannot be stored fails with `proxy-store-unavailable`,
+    /// so Shoptet resends it instead of the change being lost.
+    async fn system_event(
+        &self,
+        eshop_id: u64,
+        event: &str,
+        current: Status,
+        oauth_token: Secret,
+    ) -> Result<(), ProxyError> {
         let tokens = self.proxy.tokens.clone();
         let store = self.store.clone();
         match event {
@@ -292,6 +306,7 @@ impl Public {
                 };
                 if let Err(e) = store.set_status(eshop_id, status).await {
                     tracing::error!(eshop_id, error = %e, "cannot store the new status");
+                    return Err(ProxyError::StoreUnavailable);
                 }
                 tokens.set_suspended(eshop_id, suspended);
             }
@@ -329,6 +344,7 @@ impl Public {
             }
             _ => {}
         }
+        Ok(())
     }
 }
 

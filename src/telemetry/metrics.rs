@@ -64,6 +64,8 @@ pub struct Metrics {
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
+    /// 1 while the store answers, 0 during an outage (SPEC B7, B10): `/readyz` stays 200 then.
+    pub store_up: IntGauge,
     /// Mirrors [`super::logging::dropped_lines`], brought up to date at each scrape.
     pub log_lines_dropped: IntCounter,
 }
@@ -170,6 +172,11 @@ impl Metrics {
                 "Deliveries to the addon waiting in the durable outbox.",
             )
             .expect("static gauge"),
+            store_up: IntGauge::new(
+                "shoptet_proxy_store_up",
+                "1 when the store answered its last check, 0 while it cannot be reached.",
+            )
+            .expect("static gauge"),
             log_lines_dropped: IntCounter::new(
                 "shoptet_proxy_log_lines_dropped_total",
                 "Log lines dropped because the log writer fell behind (bounded buffer).",
@@ -220,6 +227,7 @@ impl Metrics {
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
+            Box::new(m.store_up.clone()),
             Box::new(m.log_lines_dropped.clone()),
         ];
         for c in collectors {
