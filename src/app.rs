@@ -328,11 +328,8 @@ pub async fn start_with_limits(
     // `serve` reached the store to open it; from now on the probe keeps the gauge current.
     app.metrics.store_up.set(1);
     {
-        let (store, metrics, shutdown) = (
-            app.store.clone(),
-            app.metrics.clone(),
-            app.shutdown.clone(),
-        );
+        let (store, metrics, shutdown) =
+            (app.store.clone(), app.metrics.clone(), app.shutdown.clone());
         tasks.spawn(async move {
             tokio::select! {
                 _ = watch_store(store, metrics) => {}

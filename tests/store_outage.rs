@@ -85,7 +85,11 @@ async fn a_stopped_database_costs_warmed_eshops_nothing() {
     let installed = h.install(&p, HOOKED).await;
     assert_eq!(installed["installStatus"], 200, "{installed}");
     h.events.next().await; // the "installed" event
-    let key = h.installation(HOOKED).await.signature_key.expect("signature key");
+    let key = h
+        .installation(HOOKED)
+        .await
+        .signature_key
+        .expect("signature key");
     let key = key.expose().to_owned();
     for id in WARM {
         assert_eq!(p.api_get(&h.http, id).await.status, 200);
@@ -108,10 +112,11 @@ async fn a_stopped_database_costs_warmed_eshops_nothing() {
                 if r.status == 200 {
                     served.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    failures
-                        .lock()
-                        .expect("failures")
-                        .push(format!("client {i}: {} {}", r.status, r.text()));
+                    failures.lock().expect("failures").push(format!(
+                        "client {i}: {} {}",
+                        r.status,
+                        r.text()
+                    ));
                 }
             }
         }));
@@ -164,7 +169,10 @@ async fn a_stopped_database_costs_warmed_eshops_nothing() {
         .await
         .json();
     assert_eq!(late["installStatus"], 503, "{late}");
-    let code = late["code"].as_str().expect("the simulator's code").to_owned();
+    let code = late["code"]
+        .as_str()
+        .expect("the simulator's code")
+        .to_owned();
     assert_eq!(
         h.sim.stats().calls.token,
         before.calls.token,
