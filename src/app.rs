@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::task::JoinSet;
@@ -67,7 +68,8 @@ pub struct Running {
     pub public_addr: Option<SocketAddr>,
     /// Applies a reloaded configuration to the running listeners.
     pub reloader: Reloader,
-    /// The proxy and public listeners, the outbox worker and the status re-check.
+    /// The proxy and public listeners, the outbox worker, the status re-check and the store
+    /// probe.
     tasks: JoinSet<()>,
     /// The admin listener outlives the drain: `/readyz` answers 503 and `/metrics` stays
     /// scrapable while in-flight requests finish, and it stops only after everything else.
@@ -397,6 +399,18 @@ pub async fn start_with(
             }
         });
     }
+    // `serve` reached the store to open it; from now on the probe keeps the gauge current.
+    app.metrics.store_up.set(1);
+    {
+        let (store, metrics, shutdown) =
+            (app.store.clone(), app.metrics.clone(), app.shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = watch_store(store, metrics) => {}
+                _ = shutdown.wait() => {}
+            }
+        });
+    }
     app.readiness.set_bound();
     tracing::info!(
         %proxy_addr,
@@ -424,6 +438,20 @@ pub async fn start_with(
         admin,
         admin_shutdown,
     })
+}
+
+/// How often `shoptet_proxy_store_up` is brought up to date between scrapes.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Pings the store every [`STORE_PROBE_EVERY`] so `shoptet_proxy_store_up` and the log tell when
+/// it goes away and comes back; nothing waits on this, requests meet an outage on their own.
+async fn watch_store(store: Store, metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(STORE_PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        crate::listeners::admin::probe_store(&store, &metrics).await;
+    }
 }
 
 /// Opens the store named by the config with the key files it names. `serve` refuses to run

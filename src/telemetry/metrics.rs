@@ -66,6 +66,8 @@ pub struct Metrics {
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
+    /// 1 while the store answers, 0 during an outage (SPEC B7, B10): `/readyz` stays 200 then.
+    pub store_up: IntGauge,
     pub config_reloads: IntCounterVec,
     /// Mirrors [`super::logging::dropped_lines`], brought up to date at each scrape.
     pub log_lines_dropped: IntCounter,
@@ -173,6 +175,11 @@ impl Metrics {
                 "Deliveries to the addon waiting in the durable outbox.",
             )
             .expect("static gauge"),
+            store_up: IntGauge::new(
+                "shoptet_proxy_store_up",
+                "1 when the store answered its last check, 0 while it cannot be reached.",
+            )
+            .expect("static gauge"),
             config_reloads: counter_vec(
                 "shoptet_proxy_config_reloads_total",
                 "Configuration reloads (SIGHUP), by result (ok, error).",
@@ -229,6 +236,7 @@ impl Metrics {
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
+            Box::new(m.store_up.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.log_lines_dropped.clone()),
         ];
