@@ -322,6 +322,25 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn use_nonce(
+        &self,
+        nonce: String,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.run(move |c| {
+            c.prepare_cached("DELETE FROM settings_nonces WHERE expires_at < ?1")?
+                .execute([now])?;
+            c.prepare_cached(
+                "INSERT INTO settings_nonces (nonce, expires_at) VALUES (?1, ?2) \
+                 ON CONFLICT (nonce) DO NOTHING",
+            )?
+            .execute(params![nonce, expires_at])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
     pub(crate) async fn outbox_depth(&self) -> Result<i64, StoreError> {
         self.run(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)))
             .await

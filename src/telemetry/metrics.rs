@@ -40,6 +40,11 @@ pub const REPLAY_RESULTS: [&str; 4] = ["ok", "rejected_again", "refresh_failed",
 pub const UPSTREAM_429_ACTIONS: [&str; 2] = ["retried", "returned"];
 /// `shoptet_proxy_webhooks_total{result}`.
 pub const WEBHOOK_RESULTS: [&str; 4] = ["received", "rejected", "delivered", "failed"];
+/// `shoptet_proxy_settings_logins_total{result}`: a verified admin got a session (`ok`), the
+/// authorization-code flow was started because no code came (`redirected`), the login was refused
+/// (`denied`: bad, reused or foreign code or state, e-shop not active), or it could not be judged
+/// (`error`: OAuth server or store unreachable).
+pub const SETTINGS_LOGIN_RESULTS: [&str; 4] = ["ok", "redirected", "denied", "error"];
 /// `shoptet_proxy_installations{status}`.
 pub const INSTALLATION_STATUSES: [&str; 3] = ["active", "suspended", "uninstalled"];
 
@@ -64,6 +69,7 @@ pub struct Metrics {
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
+    pub settings_logins: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str) -> Histogram {
@@ -168,6 +174,11 @@ impl Metrics {
                 "Deliveries to the addon waiting in the durable outbox.",
             )
             .expect("static gauge"),
+            settings_logins: counter_vec(
+                "shoptet_proxy_settings_logins_total",
+                "Settings-page logins, by result (ok, redirected, denied, error).",
+                &["result"],
+            ),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -183,6 +194,7 @@ impl Metrics {
             (&m.replays, &REPLAY_RESULTS[..]),
             (&m.upstream_429, &UPSTREAM_429_ACTIONS[..]),
             (&m.webhooks, &WEBHOOK_RESULTS[..]),
+            (&m.settings_logins, &SETTINGS_LOGIN_RESULTS[..]),
         ] {
             for v in values {
                 family.with_label_values(&[v]);
@@ -213,6 +225,7 @@ impl Metrics {
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
+            Box::new(m.settings_logins.clone()),
         ];
         for c in collectors {
             m.registry
