@@ -11,6 +11,8 @@ use crate::limits::flow::{Flow, FlowConfig};
 use crate::listeners::admin::{Admin, Readiness};
 use crate::listeners::public::{Public, PublicSettings};
 use crate::listeners::server::{self, Shutdown};
+use crate::listeners::settings::identity::Credentials;
+use crate::listeners::settings::{PagesConfig, SettingsPages};
 use crate::proxy::{Proxy, ProxySettings};
 use crate::shoptet::oauth::OAuthClient;
 use crate::state::eshops::Eshops;
@@ -289,6 +291,23 @@ pub async fn start_with_limits(
             proxy: app.proxy.clone(),
             metrics: app.metrics.clone(),
             outbox: wake.clone(),
+            pages: Arc::new(SettingsPages::new(
+                PagesConfig {
+                    settings_url: app.cfg.addon.settings_url.clone(),
+                    session_ttl: app.cfg.addon.settings_session_ttl,
+                    frame_ancestors: app.cfg.addon.settings_frame_ancestors.clone(),
+                    creds: Credentials {
+                        client_id: app.cfg.shoptet.client_id.clone(),
+                        client_secret: app.cfg.shoptet.client_secret.clone(),
+                        redirect_uri: app.cfg.shoptet.settings_redirect_uri.clone(),
+                    },
+                    oauth_timeout: app.cfg.proxy.upstream_timeout,
+                },
+                app.store.clone(),
+                app.proxy.clone(),
+                client::client(None, app.cfg.shoptet.connect_timeout)?,
+                app.metrics.clone(),
+            )),
         });
         tasks.spawn(server::serve(
             listener,

@@ -67,6 +67,14 @@ impl ReqBody {
     pub fn full(bytes: Bytes) -> Self {
         ReqBody::Buffered((!bytes.is_empty()).then_some(bytes))
     }
+
+    /// The client's body, streamed through as it arrives (never replayed).
+    pub fn stream(body: Incoming) -> Self {
+        ReqBody::Streaming(Prefixed {
+            prefix: VecDeque::new(),
+            rest: body,
+        })
+    }
 }
 
 impl Body for ReqBody {

@@ -1,12 +1,14 @@
 //! Requests the proxy sends to the Shoptet API on its own behalf (not for a client), with the
 //! e-shop's current token from the cache, so installing does not mint a token that the first API
-//! call then mints again. What they say is [`crate::shoptet::api`]'s part.
+//! call then mints again: the webhook signature key, and the e-shop info that names the e-shop's
+//! own OAuth server (settings page). What they say is [`crate::shoptet::api`]'s part.
 
 use super::Proxy;
 use crate::error::ProxyError;
 use crate::http::body::ReqBody;
 use crate::secret::Secret;
 use crate::shoptet::api;
+use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
@@ -15,14 +17,50 @@ const MAX_ANSWER: usize = 64 * 1024;
 impl Proxy {
     /// Asks Shoptet for a new webhook signature key for `eshop_id` (the old one stops verifying).
     pub async fn renew_signature_key(&self, eshop_id: u64) -> Result<Secret, ProxyError> {
-        let uri: http::Uri = format!("{}{}", self.settings.api_base, api::RENEW_SIGNATURE_KEY)
+        let (status, body) = self
+            .own_call(eshop_id, Method::POST, api::RENEW_SIGNATURE_KEY)
+            .await?;
+        let key = api::signature_key(&body).filter(|_| status.is_success());
+        key.ok_or_else(|| {
+            tracing::warn!(
+                eshop_id,
+                status = status.as_u16(),
+                "renew-signature-key failed"
+            );
+            ProxyError::UpstreamUnreachable
+        })
+    }
+
+    /// The base URL of the e-shop's own OAuth server (SPEC A5), as `GET /api/eshop` names it.
+    pub async fn eshop_oauth_server(&self, eshop_id: u64) -> Result<url::Url, ProxyError> {
+        let (status, body) = self.own_call(eshop_id, Method::GET, api::ESHOP).await?;
+        let url = api::oauth_server_url(&body).filter(|_| status.is_success());
+        url.ok_or_else(|| {
+            tracing::warn!(
+                eshop_id,
+                status = status.as_u16(),
+                "the e-shop info names no OAuth server"
+            );
+            ProxyError::UpstreamUnreachable
+        })
+    }
+
+    /// One call to `path` with the e-shop's current token, replaced once if Shoptet rejects it
+    /// → the answer's status and (bounded) body.
+    async fn own_call(
+        &self,
+        eshop_id: u64,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, Bytes), ProxyError> {
+        let uri: http::Uri = format!("{}{path}", self.settings.api_base)
             .parse()
             .map_err(|_| ProxyError::UpstreamUnreachable)?;
         let eshop = self.eshops.get(eshop_id);
         let mut token = self.tokens.get(&eshop).await?;
         for attempt in 0..2 {
             let req = Request::builder()
-                .method(Method::POST)
+                .method(method.clone())
                 .uri(uri.clone())
                 .header(
                     header::CONTENT_TYPE,
@@ -46,15 +84,7 @@ impl Proxy {
                 token = self.tokens.replace(&eshop, &token).await?;
                 continue;
             }
-            let key = api::signature_key(&body).filter(|_| status.is_success());
-            return key.ok_or_else(|| {
-                tracing::warn!(
-                    eshop_id,
-                    status = status.as_u16(),
-                    "renew-signature-key failed"
-                );
-                ProxyError::UpstreamUnreachable
-            });
+            return Ok((status, body));
         }
         Err(ProxyError::UpstreamUnreachable)
     }
