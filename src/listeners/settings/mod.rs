@@ -263,6 +263,7 @@ impl SettingsPages {
 
     /// Answers any request under `/settings`.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = std::time::Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         // What the log shows: never the query (codes, states) nor the session.
@@ -279,9 +280,11 @@ impl SettingsPages {
         };
         let resp = resp.unwrap_or_else(Fail::page);
         tracing::info!(
+            target: "access",
             method = %method,
             path = %shown,
             status = resp.status().as_u16(),
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
             "settings"
         );
         resp
