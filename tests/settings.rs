@@ -43,10 +43,18 @@ impl Addon {
             let log = log.clone();
             async move {
                 let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
                 log.lock().unwrap().push(Seen {
                     method: parts.method.to_string(),
-                    path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                    path: parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
                     headers: parts.headers,
                     body,
                 });
@@ -87,7 +95,8 @@ impl Setup {
         cfg.addon.settings_url = Some(format!("{}/settings", addon.url).parse().unwrap());
         assert_eq!(cfg.shoptet.settings_redirect_uri, SETTINGS_REDIRECT);
         let p = h.start_with(cfg).await;
-        let link = p.public_url("/settings?eshopId=#SHOP_ID#&language=#LANGUAGE#&code=#OAUTH_CODE#");
+        let link =
+            p.public_url("/settings?eshopId=#SHOP_ID#&language=#LANGUAGE#&code=#OAUTH_CODE#");
         h.sim.set_config(|c| {
             c.settings_url = Some(link);
             c.settings_redirect_uri = Some(SETTINGS_REDIRECT.to_owned());
@@ -121,7 +130,10 @@ impl Setup {
     /// `/settings` with a code → the session path from the 303.
     async fn login(&self, eshop: u64, code: &str) -> String {
         let r = self
-            .get(&format!("/settings?eshopId={eshop}&language=cs&code={code}"), &[])
+            .get(
+                &format!("/settings?eshopId={eshop}&language=cs&code={code}"),
+                &[],
+            )
             .await;
         session_path(&r)
     }
@@ -136,7 +148,12 @@ impl Setup {
     }
 
     async fn login_metric(&self, result: &str) -> u64 {
-        let text = self.h.http.get(&self.p.admin_url("/metrics"), &[]).await.text();
+        let text = self
+            .h
+            .http
+            .get(&self.p.admin_url("/metrics"), &[])
+            .await
+            .text();
         let line = format!("shoptet_proxy_settings_logins_total{{result=\"{result}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&line))
@@ -148,7 +165,10 @@ impl Setup {
 fn session_path(r: &TestResponse) -> String {
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     let loc = r.header("location").expect("Location").to_owned();
-    assert!(loc.starts_with("/settings/s/") && loc.ends_with('/'), "{loc}");
+    assert!(
+        loc.starts_with("/settings/s/") && loc.ends_with('/'),
+        "{loc}"
+    );
     assert_eq!(r.header("cache-control"), Some("no-store"));
     loc
 }
@@ -183,17 +203,16 @@ async fn simplified_flow_reaches_the_addon_with_the_verified_identity() {
     )
     .await;
     // The administration frames the link with the code filled in.
-    let admin = s
-        .h
-        .http
-        .get(
-            &format!(
-                "{}/eshops/{ESHOP}/admin/settings?user=jana@example.com&language=sk",
-                s.h.sim.base_url()
-            ),
-            &[],
-        )
-        .await;
+    let admin =
+        s.h.http
+            .get(
+                &format!(
+                    "{}/eshops/{ESHOP}/admin/settings?user=jana@example.com&language=sk",
+                    s.h.sim.base_url()
+                ),
+                &[],
+            )
+            .await;
     assert_eq!(admin.status, 200, "{}", admin.text());
     let src = iframe_src(&admin.text());
     assert!(!src.contains("#OAUTH_CODE#"), "{src}");
@@ -229,10 +248,17 @@ async fn simplified_flow_reaches_the_addon_with_the_verified_identity() {
     assert_eq!(first.path, "/settings/");
     assert_eq!(header(first, "x-shoptet-eshop-id"), ESHOP.to_string());
     assert_eq!(header(first, "x-shoptet-user-email"), "jana@example.com");
-    assert_eq!(header(first, "x-shoptet-user-name"), "Jana Nov%C3%A1kov%C3%A1");
+    assert_eq!(
+        header(first, "x-shoptet-user-name"),
+        "Jana Nov%C3%A1kov%C3%A1"
+    );
     assert_eq!(header(first, "x-shoptet-language"), "sk");
     assert_eq!(header(first, "x-shoptet-settings-base"), base);
-    for name in ["x-shoptet-user-email", "x-shoptet-user-name", "x-shoptet-eshop-id"] {
+    for name in [
+        "x-shoptet-user-email",
+        "x-shoptet-user-name",
+        "x-shoptet-eshop-id",
+    ] {
         assert_eq!(first.headers.get_all(name).iter().count(), 1, "{name}");
     }
 
@@ -241,21 +267,23 @@ async fn simplified_flow_reaches_the_addon_with_the_verified_identity() {
     let link = page.join("other?x=1").unwrap();
     assert_eq!(s.get(link.as_str(), &[]).await.status, 200);
     let action = page.join("save").unwrap();
-    let r = s
-        .h
-        .http
-        .request(
-            http::Method::POST,
-            action.as_str(),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            "greeting=Ahoj+sv%C4%9Bte",
-        )
-        .await;
+    let r =
+        s.h.http
+            .request(
+                http::Method::POST,
+                action.as_str(),
+                &[("content-type", "application/x-www-form-urlencoded")],
+                "greeting=Ahoj+sv%C4%9Bte",
+            )
+            .await;
     assert_eq!(r.status, 200);
     let seen = s.addon.seen();
     assert_eq!(seen[1].path, "/settings/other?x=1");
     assert_eq!(header(&seen[1], "x-shoptet-user-email"), "jana@example.com");
-    assert_eq!((seen[2].method.as_str(), seen[2].path.as_str()), ("POST", "/settings/save"));
+    assert_eq!(
+        (seen[2].method.as_str(), seen[2].path.as_str()),
+        ("POST", "/settings/save")
+    );
     assert_eq!(seen[2].body, "greeting=Ahoj+sv%C4%9Bte");
     assert_eq!(header(&seen[2], "x-shoptet-eshop-id"), ESHOP.to_string());
 
@@ -276,14 +304,18 @@ async fn authorization_code_flow_completes_and_its_state_works_once() {
     let s = Setup::new().await;
     // Shoptet left the placeholder: the proxy starts the flow at the e-shop's OAuth server.
     let r = s
-        .get(&format!("/settings?eshopId={ESHOP}&language=en&code=%23OAUTH_CODE%23"), &[])
+        .get(
+            &format!("/settings?eshopId={ESHOP}&language=en&code=%23OAUTH_CODE%23"),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 302, "{}", r.text());
     let authorize = url::Url::parse(r.header("location").unwrap()).unwrap();
     assert!(
-        authorize
-            .as_str()
-            .starts_with(&format!("{}/eshops/{ESHOP}/action/OAuthServer/authorize?", s.h.sim.base_url())),
+        authorize.as_str().starts_with(&format!(
+            "{}/eshops/{ESHOP}/action/OAuthServer/authorize?",
+            s.h.sim.base_url()
+        )),
         "{authorize}"
     );
     let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
@@ -311,9 +343,17 @@ async fn authorization_code_flow_completes_and_its_state_works_once() {
     let i = bad.len() / 2;
     bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
     let bad = String::from_utf8(bad).unwrap();
-    let code = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
     let r = s
-        .get(&format!("/settings/authorized?code={code}&state={bad}"), &[])
+        .get(
+            &format!("/settings/authorized?code={code}&state={bad}"),
+            &[],
+        )
         .await;
     assert_page(&r, 403, "proxy-settings-denied");
 
@@ -322,12 +362,18 @@ async fn authorization_code_flow_completes_and_its_state_works_once() {
     let seen = s.addon.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(header(&seen[0], "x-shoptet-language"), "en");
-    assert_eq!(header(&seen[0], "x-shoptet-user-email"), format!("owner{ESHOP}@example.com"));
+    assert_eq!(
+        header(&seen[0], "x-shoptet-user-email"),
+        format!("owner{ESHOP}@example.com")
+    );
 
     // The same state again, even with a fresh code: refused.
     let fresh = s.code(ESHOP, None).await;
     let r = s
-        .get(&format!("/settings/authorized?code={fresh}&state={state}"), &[])
+        .get(
+            &format!("/settings/authorized?code={fresh}&state={state}"),
+            &[],
+        )
         .await;
     assert_page(&r, 403, "proxy-settings-denied");
     assert_eq!(s.addon.seen().len(), 1);
@@ -339,28 +385,46 @@ async fn refused_logins_and_sessions_never_reach_the_addon() {
     // A code issued for another e-shop (its server accepts it, the identity names that e-shop).
     let foreign = s.code(OTHER, None).await;
     let r = s
-        .get(&format!("/settings?eshopId={ESHOP}&language=cs&code={foreign}"), &[])
+        .get(
+            &format!("/settings?eshopId={ESHOP}&language=cs&code={foreign}"),
+            &[],
+        )
         .await;
     assert_page(&r, 403, "proxy-settings-denied");
-    assert_eq!(s.secrets_received(OTHER), 0, "the secret went to ESHOP's server");
+    assert_eq!(
+        s.secrets_received(OTHER),
+        0,
+        "the secret went to ESHOP's server"
+    );
 
     // A reused code.
     let code = s.code(ESHOP, None).await;
     let base = s.login(ESHOP, &code).await;
     let r = s
-        .get(&format!("/settings?eshopId={ESHOP}&language=cs&code={code}"), &[])
+        .get(
+            &format!("/settings?eshopId={ESHOP}&language=cs&code={code}"),
+            &[],
+        )
         .await;
     assert_page(&r, 403, "proxy-settings-denied");
 
     // An unknown e-shop; no or a non-numeric id.
-    let r = s.get("/settings?eshopId=999999&language=cs&code=x", &[]).await;
+    let r = s
+        .get("/settings?eshopId=999999&language=cs&code=x", &[])
+        .await;
     assert_page(&r, 403, "proxy-settings-denied");
     for q in ["language=cs&code=x", "eshopId=abc&code=x", "eshopId=-1"] {
-        assert_page(&s.get(&format!("/settings?{q}"), &[]).await, 400, "proxy-bad-request");
+        assert_page(
+            &s.get(&format!("/settings?{q}"), &[]).await,
+            400,
+            "proxy-bad-request",
+        );
     }
 
     // A tampered session, an expired one, a state posing as a session, junk.
-    let token = base.trim_start_matches("/settings/s/").trim_end_matches('/');
+    let token = base
+        .trim_start_matches("/settings/s/")
+        .trim_end_matches('/');
     let mut t = token.to_owned().into_bytes();
     let i = t.len() / 2;
     t[i] = if t[i] == b'A' { b'B' } else { b'A' };
@@ -389,7 +453,11 @@ async fn refused_logins_and_sessions_never_reach_the_addon() {
         format!("/settings/s/{as_state}/"),
         "/settings/s/not-a-session/".to_owned(),
     ] {
-        assert_page(&s.get(&path, &[]).await, 401, "proxy-settings-session-invalid");
+        assert_page(
+            &s.get(&path, &[]).await,
+            401,
+            "proxy-settings-session-invalid",
+        );
     }
 
     // A path climbing out of settings_url.
@@ -406,7 +474,10 @@ async fn refused_logins_and_sessions_never_reach_the_addon() {
     assert_page(&s.get(&base, &[]).await, 403, "proxy-settings-denied");
     let code = s.code(ESHOP, None).await;
     let r = s
-        .get(&format!("/settings?eshopId={ESHOP}&language=cs&code={code}"), &[])
+        .get(
+            &format!("/settings?eshopId={ESHOP}&language=cs&code={code}"),
+            &[],
+        )
         .await;
     assert_page(&r, 403, "proxy-settings-denied");
     assert_eq!(s.addon.seen().len(), 1);
@@ -417,7 +488,10 @@ async fn refused_logins_and_sessions_never_reach_the_addon() {
 async fn settings_are_off_without_a_settings_url_and_502_when_the_addon_is_down() {
     let h = Deployment::new().await;
     let p = h.start().await;
-    let r = h.http.get(&p.public_url("/settings?eshopId=1&code=x"), &[]).await;
+    let r = h
+        .http
+        .get(&p.public_url("/settings?eshopId=1&code=x"), &[])
+        .await;
     assert_page(&r, 404, "proxy-not-found");
     p.stop().await;
 
@@ -437,7 +511,10 @@ async fn settings_are_off_without_a_settings_url_and_502_when_the_addon_is_down(
     };
     let r = h
         .http
-        .get(&p.public_url(&format!("/settings?eshopId={ESHOP}&code={code}")), &[])
+        .get(
+            &p.public_url(&format!("/settings?eshopId={ESHOP}&code={code}")),
+            &[],
+        )
         .await;
     let base = session_path(&r);
     let r = h.http.get(&p.public_url(&base), &[]).await;
@@ -468,14 +545,28 @@ async fn no_code_state_or_session_in_the_logs_at_debug_level() {
         .to_owned();
     let r = h
         .http
-        .get(&public(&format!("/settings?eshopId={ESHOP}&language=cs&code={code}")), &[])
+        .get(
+            &public(&format!(
+                "/settings?eshopId={ESHOP}&language=cs&code={code}"
+            )),
+            &[],
+        )
         .await;
     let base = session_path(&r);
-    assert_eq!(h.http.get(&public(&format!("{base}page")), &[]).await.status, 200);
+    assert_eq!(
+        h.http
+            .get(&public(&format!("{base}page")), &[])
+            .await
+            .status,
+        200
+    );
     // The authorization-code flow's state, too.
     let r = h
         .http
-        .get(&public(&format!("/settings?eshopId={ESHOP}&language=cs")), &[])
+        .get(
+            &public(&format!("/settings?eshopId={ESHOP}&language=cs")),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 302);
     let state = url::Url::parse(r.header("location").unwrap())
@@ -491,7 +582,9 @@ async fn no_code_state_or_session_in_the_logs_at_debug_level() {
     served.signal("TERM");
     let (_, out, err) = served.finish(std::time::Duration::from_secs(20));
     let all = format!("{}\n{}", out.join("\n"), err.join("\n"));
-    let session = base.trim_start_matches("/settings/s/").trim_end_matches('/');
+    let session = base
+        .trim_start_matches("/settings/s/")
+        .trim_end_matches('/');
     for (what, secret) in [
         ("code", code.as_str()),
         ("session", session),
@@ -501,5 +594,8 @@ async fn no_code_state_or_session_in_the_logs_at_debug_level() {
     ] {
         assert!(!all.contains(secret), "the {what} appears in the logs");
     }
-    assert!(all.contains("/settings/s/…/page"), "the access line is logged");
+    assert!(
+        all.contains("/settings/s/…/page"),
+        "the access line is logged"
+    );
 }

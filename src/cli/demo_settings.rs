@@ -71,8 +71,10 @@ async fn page(req: Request<Incoming>, saved: Saved) -> Response<Full<Bytes>> {
         // Relative: back to the session's first page.
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::SEE_OTHER;
-        r.headers_mut()
-            .insert(header::LOCATION, header::HeaderValue::from_static("./?saved=1"));
+        r.headers_mut().insert(
+            header::LOCATION,
+            header::HeaderValue::from_static("./?saved=1"),
+        );
         return r;
     }
     let greeting = saved

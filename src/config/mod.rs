@@ -812,7 +812,11 @@ impl Validator<'_> {
 
     /// `settings_redirect_uri` as set, else `redirect_uri` with the path `/settings/authorized`
     /// (query and fragment dropped); empty when neither is set.
-    fn settings_redirect_uri(&self, value: &str, redirect_uri: &str) -> Result<String, ConfigError> {
+    fn settings_redirect_uri(
+        &self,
+        value: &str,
+        redirect_uri: &str,
+    ) -> Result<String, ConfigError> {
         if let Some(v) = non_empty(value) {
             return self
                 .http_url("shoptet.settings_redirect_uri", v)
@@ -1766,9 +1770,12 @@ mod tests {
             c.shoptet.settings_redirect_uri,
             "https://b.example/settings/authorized"
         );
-        let err = load("[addon]\nsettings_frame_ancestors = [\"https://a.example; script-src *\"]", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            "[addon]\nsettings_frame_ancestors = [\"https://a.example; script-src *\"]",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("addon.settings_frame_ancestors"), "{err}");
     }
 }

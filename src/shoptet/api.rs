@@ -92,7 +92,10 @@ mod tests {
             Some("https://shop.example/action/OAuthServer/")
         );
         assert!(oauth_server_url(br#"{"data":{"urls":[{"ident":"eshop","url":"x"}]}}"#).is_none());
-        assert!(oauth_server_url(br#"{"data":{"urls":[{"ident":"oauth","url":"ftp://x/"}]}}"#).is_none());
+        assert!(
+            oauth_server_url(br#"{"data":{"urls":[{"ident":"oauth","url":"ftp://x/"}]}}"#)
+                .is_none()
+        );
         assert!(oauth_server_url(br#"{"data":null}"#).is_none());
     }
 }

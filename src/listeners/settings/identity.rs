@@ -81,16 +81,11 @@ impl EshopOAuth {
     }
 
     async fn look_up(&self, eshop_id: u64) -> Result<url::Url, LoginError> {
-        let url = self
-            .proxy
-            .eshop_oauth_server(eshop_id)
-            .await
-            .map_err(|e| {
-                tracing::warn!(eshop_id, error = %e, "settings: e-shop info not available");
-                LoginError::Unreachable
-            })?;
-        self.servers
-            .insert(eshop_id, (url.clone(), Instant::now()));
+        let url = self.proxy.eshop_oauth_server(eshop_id).await.map_err(|e| {
+            tracing::warn!(eshop_id, error = %e, "settings: e-shop info not available");
+            LoginError::Unreachable
+        })?;
+        self.servers.insert(eshop_id, (url.clone(), Instant::now()));
         Ok(url)
     }
 
@@ -188,7 +183,10 @@ impl EshopOAuth {
         }
         let parsed = parse_basic_eshop(&body).filter(|_| status.is_success());
         parsed.ok_or_else(|| {
-            tracing::warn!(status = status.as_u16(), "settings: unusable getBasicEshop answer");
+            tracing::warn!(
+                status = status.as_u16(),
+                "settings: unusable getBasicEshop answer"
+            );
             LoginError::Unreachable
         })
     }
@@ -286,12 +284,15 @@ mod tests {
         )
         .expect("parses");
         assert_eq!((b.project_id, b.email.as_str()), (222651, "a@b.cz"));
-        let b = parse_basic_eshop(
-            br#"{"data":{"user":{"email":"a@b.cz"},"project":{"id":"7"}}}"#,
-        )
-        .expect("parses");
+        let b = parse_basic_eshop(br#"{"data":{"user":{"email":"a@b.cz"},"project":{"id":"7"}}}"#)
+            .expect("parses");
         assert_eq!(b.project_id, 7);
-        assert!(parse_basic_eshop(br#"{"success":false,"data":{"user":{"email":"a"},"project":{"id":1}}}"#).is_none());
-        assert!(parse_basic_eshop(br#"{"data":{"user":{"email":"a"},"project":{"id":-1}}}"#).is_none());
+        assert!(parse_basic_eshop(
+            br#"{"success":false,"data":{"user":{"email":"a"},"project":{"id":1}}}"#
+        )
+        .is_none());
+        assert!(
+            parse_basic_eshop(br#"{"data":{"user":{"email":"a"},"project":{"id":-1}}}"#).is_none()
+        );
     }
 }

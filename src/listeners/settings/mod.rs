@@ -249,7 +249,10 @@ impl SettingsPages {
         metrics: Arc<Metrics>,
     ) -> SettingsPages {
         SettingsPages {
-            sessions: Sealer::new(seal::SESSION_LABEL, &store.derived_keys(seal::SESSION_LABEL)),
+            sessions: Sealer::new(
+                seal::SESSION_LABEL,
+                &store.derived_keys(seal::SESSION_LABEL),
+            ),
             states: Sealer::new(seal::STATE_LABEL, &store.derived_keys(seal::STATE_LABEL)),
             settings_url: cfg.settings_url,
             session_ttl: cfg.session_ttl,
@@ -357,9 +360,7 @@ impl SettingsPages {
                 nonce: seal::random_nonce(),
                 expires: seal::unix(SystemTime::now() + seal::STATE_LIFETIME),
             };
-            let url = self
-                .oauth
-                .authorize_url(&server, &self.states.seal(&state));
+            let url = self.oauth.authorize_url(&server, &self.states.seal(&state));
             return Ok(redirect(StatusCode::FOUND, &url));
         };
         self.complete(eshop_id, language, &code).await
@@ -368,13 +369,10 @@ impl SettingsPages {
     /// `GET /settings/authorized?code=&state=`: the end of the authorization-code flow.
     async fn authorized(&self, query: Option<&str>) -> Result<Response<Body>, Fail> {
         let state = param(query, "state").ok_or(Fail::BadRequest("the state is missing"))?;
-        let state: LoginState = self
-            .states
-            .open(&state, SystemTime::now())
-            .map_err(|e| {
-                tracing::warn!(reason = ?e, "settings: state refused");
-                Fail::Denied
-            })?;
+        let state: LoginState = self.states.open(&state, SystemTime::now()).map_err(|e| {
+            tracing::warn!(reason = ?e, "settings: state refused");
+            Fail::Denied
+        })?;
         let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(state.expires);
         match self.store.use_nonce(&state.nonce, expires).await {
             Ok(true) => {}
@@ -435,22 +433,20 @@ impl SettingsPages {
             self.sessions
                 .open::<Session>(tail, SystemTime::now())
                 .map_err(|_| Fail::SessionInvalid)?;
-            let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            let q = req
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
             return Ok(redirect(
                 StatusCode::PERMANENT_REDIRECT,
                 &format!("/settings/s/{tail}/{q}"),
             ));
         };
-        let session: Session = self
-            .sessions
-            .open(token, SystemTime::now())
-            .map_err(|e| {
-                tracing::info!(
-                    expired = e == Refused::Expired,
-                    "settings: session refused"
-                );
-                Fail::SessionInvalid
-            })?;
+        let session: Session = self.sessions.open(token, SystemTime::now()).map_err(|e| {
+            tracing::info!(expired = e == Refused::Expired, "settings: session refused");
+            Fail::SessionInvalid
+        })?;
         let eshop_url = self.active(session.eshop_id).await?;
         if !contained(rest) {
             return Err(Fail::BadRequest("the path leaves the settings pages"));
@@ -534,7 +530,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect();
-    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         h.remove(name);
     }
 }
@@ -566,7 +566,10 @@ mod tests {
             origin("https://shop.example:8443/admin/x").as_deref(),
             Some("https://shop.example:8443")
         );
-        assert_eq!(origin("https://shop.example/").as_deref(), Some("https://shop.example"));
+        assert_eq!(
+            origin("https://shop.example/").as_deref(),
+            Some("https://shop.example")
+        );
         assert_eq!(origin("javascript:alert(1)"), None);
         assert_eq!(origin(""), None);
     }
@@ -582,7 +585,10 @@ mod tests {
         ] {
             let r = f.page();
             assert_eq!(r.status().as_u16(), status);
-            assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+            assert_eq!(
+                r.headers()[header::CONTENT_TYPE],
+                "text/html; charset=utf-8"
+            );
             assert_eq!(f.parts().1, code);
         }
     }
