@@ -44,7 +44,8 @@ type PublicBody = RespBody<()>;
 /// uninstall confirmation), the request path (signature keys, token cache), the metrics, its
 /// own settings and the outbox's wake-up.
 pub struct Public {
-    pub settings: PublicSettings,
+    /// Replaced whole by a reload; read per request without a lock.
+    pub settings: arc_swap::ArcSwap<PublicSettings>,
     pub store: Store,
     pub oauth: Arc<OAuthClient>,
     pub proxy: Arc<Proxy>,
@@ -115,10 +116,14 @@ impl Public {
                 .count_request("public", &method, resp.status().as_u16());
             return resp;
         }
-        let ip = client_ip(peer.ip(), req.headers(), &self.settings.trusted_proxies);
+        let ip = client_ip(
+            peer.ip(),
+            req.headers(),
+            &self.settings.load().trusted_proxies,
+        );
         let resp = match (req.method(), req.uri().path()) {
             (&Method::GET, "/install") => {
-                if allowed(&self.settings.install_allow, ip) {
+                if allowed(&self.settings.load().install_allow, ip) {
                     self.install(req).await
                 } else {
                     tracing::warn!(%ip, "install call from an address outside install_allow");
@@ -126,7 +131,7 @@ impl Public {
                 }
             }
             (&Method::POST, "/webhooks") => {
-                if allowed(&self.settings.webhook_allow, ip) {
+                if allowed(&self.settings.load().webhook_allow, ip) {
                     self.webhook(req).await
                 } else {
                     tracing::warn!(%ip, "webhook from an address outside webhook_allow");
@@ -194,7 +199,7 @@ impl Public {
                 "installation: signature key not obtained in time; still waiting for it"
             );
         }
-        if self.settings.deliver_events {
+        if self.settings.load().deliver_events {
             let event = serde_json::json!({
                 "event": "installed",
                 "eshopId": eshop_id,
@@ -263,7 +268,7 @@ impl Public {
         // finds the proxy refusing calls for that e-shop.
         self.system_event(eshop_id, &head.event, inst.status, inst.oauth_token)
             .await;
-        if self.settings.deliver_webhooks {
+        if self.settings.load().deliver_webhooks {
             if let Err(e) = self
                 .store
                 .outbox_push(OutboxKind::Webhook, Some(eshop_id), &body)
@@ -342,37 +347,13 @@ impl Public {
     }
 }
 
-/// Rustls server configuration for the public listener from PEM files.
+/// A TLS acceptor for `cert_file` and `key_file` whose certificate cannot be reloaded (see
+/// [`super::tls::Certificate`] for one that can).
 pub fn tls_acceptor(
     cert_file: &std::path::Path,
     key_file: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor, String> {
-    let certs = std::fs::read(cert_file)
-        .map_err(|e| format!("{}: {e}", cert_file.display()))
-        .and_then(|pem| {
-            rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{}: {e}", cert_file.display()))
-        })?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate", cert_file.display()));
-    }
-    let key = std::fs::read(key_file)
-        .map_err(|e| format!("{}: {e}", key_file.display()))
-        .and_then(|pem| {
-            rustls_pemfile::private_key(&mut pem.as_slice())
-                .map_err(|e| format!("{}: {e}", key_file.display()))
-        })?
-        .ok_or_else(|| format!("{}: no PEM private key", key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    super::tls::Certificate::load(cert_file, key_file)?.acceptor()
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ impl Proxy {
         method: Method,
         path: &str,
     ) -> Result<(StatusCode, Bytes), ProxyError> {
-        let uri: http::Uri = format!("{}{path}", self.settings.api_base)
+        let uri: http::Uri = format!("{}{path}", self.settings.load().api_base)
             .parse()
             .map_err(|_| ProxyError::UpstreamUnreachable)?;
         let eshop = self.eshops.get(eshop_id);
@@ -69,11 +69,13 @@ impl Proxy {
                 .header("shoptet-access-token", token.header.clone())
                 .body(ReqBody::empty())
                 .map_err(|_| ProxyError::UpstreamUnreachable)?;
-            let resp =
-                tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req))
-                    .await
-                    .map_err(|_| ProxyError::UpstreamTimeout)?
-                    .map_err(|_| ProxyError::UpstreamUnreachable)?;
+            let resp = tokio::time::timeout(
+                self.settings.load().upstream_timeout,
+                self.client.request(req),
+            )
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(|_| ProxyError::UpstreamUnreachable)?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()

@@ -47,6 +47,8 @@ pub const WEBHOOK_RESULTS: [&str; 4] = ["received", "rejected", "delivered", "fa
 pub const SETTINGS_LOGIN_RESULTS: [&str; 4] = ["ok", "redirected", "denied", "error"];
 /// `shoptet_proxy_installations{status}`.
 pub const INSTALLATION_STATUSES: [&str; 3] = ["active", "suspended", "uninstalled"];
+/// `shoptet_proxy_config_reloads_total{result}`.
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 
 pub struct Metrics {
     registry: Registry,
@@ -70,6 +72,9 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
     pub settings_logins: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    /// Mirrors [`super::logging::dropped_lines`], brought up to date at each scrape.
+    pub log_lines_dropped: IntCounter,
 }
 
 fn histogram(name: &str, help: &str) -> Histogram {
@@ -179,6 +184,16 @@ impl Metrics {
                 "Settings-page logins, by result (ok, redirected, denied, error).",
                 &["result"],
             ),
+            config_reloads: counter_vec(
+                "shoptet_proxy_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result (ok, error).",
+                &["result"],
+            ),
+            log_lines_dropped: IntCounter::new(
+                "shoptet_proxy_log_lines_dropped_total",
+                "Log lines dropped because the log writer fell behind (bounded buffer).",
+            )
+            .expect("static counter"),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -195,6 +210,7 @@ impl Metrics {
             (&m.upstream_429, &UPSTREAM_429_ACTIONS[..]),
             (&m.webhooks, &WEBHOOK_RESULTS[..]),
             (&m.settings_logins, &SETTINGS_LOGIN_RESULTS[..]),
+            (&m.config_reloads, &RELOAD_RESULTS[..]),
         ] {
             for v in values {
                 family.with_label_values(&[v]);
@@ -226,6 +242,8 @@ impl Metrics {
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
             Box::new(m.settings_logins.clone()),
+            Box::new(m.config_reloads.clone()),
+            Box::new(m.log_lines_dropped.clone()),
         ];
         for c in collectors {
             m.registry
@@ -251,6 +269,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        let dropped = super::logging::dropped_lines();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
