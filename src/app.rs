@@ -648,6 +648,11 @@ fn keep_restart_values(running: &Config, new: &mut Config) -> Vec<&'static str> 
     keep!("shoptet.ca_file", shoptet.ca_file);
     keep!("store", store);
     keep!("log.format", log.format);
+    // The settings pages (B9) are built once with the public listener.
+    keep!("addon.settings_url", addon.settings_url);
+    keep!("addon.settings_session_ttl", addon.settings_session_ttl);
+    keep!("addon.settings_frame_ancestors", addon.settings_frame_ancestors);
+    keep!("shoptet.settings_redirect_uri", shoptet.settings_redirect_uri);
     // New certificate and key files apply; turning TLS on or off does not.
     let tls = |c: &Config| c.public.tls_cert_file.is_some() && c.public.tls_key_file.is_some();
     if tls(new) != tls(running) {
