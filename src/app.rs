@@ -17,6 +17,8 @@ use crate::listeners::activation::Passed;
 use crate::listeners::admin::{Admin, Readiness};
 use crate::listeners::public::{Public, PublicSettings};
 use crate::listeners::server::{self, Shutdown};
+use crate::listeners::settings::identity::Credentials;
+use crate::listeners::settings::{PagesConfig, SettingsPages};
 use crate::listeners::tls::Certificate;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::shoptet::oauth::{OAuthClient, Partner};
@@ -368,6 +370,23 @@ pub async fn start_with(
             proxy: app.proxy.clone(),
             metrics: app.metrics.clone(),
             outbox: wake.clone(),
+            pages: Arc::new(SettingsPages::new(
+                PagesConfig {
+                    settings_url: app.cfg.addon.settings_url.clone(),
+                    session_ttl: app.cfg.addon.settings_session_ttl,
+                    frame_ancestors: app.cfg.addon.settings_frame_ancestors.clone(),
+                    creds: Credentials {
+                        client_id: app.cfg.shoptet.client_id.clone(),
+                        client_secret: app.cfg.shoptet.client_secret.clone(),
+                        redirect_uri: app.cfg.shoptet.settings_redirect_uri.clone(),
+                    },
+                    oauth_timeout: app.cfg.proxy.upstream_timeout,
+                },
+                app.store.clone(),
+                app.proxy.clone(),
+                client::client(None, app.cfg.shoptet.connect_timeout)?,
+                app.metrics.clone(),
+            )),
         });
         public_handle = Some(public.clone());
         tasks.spawn(server::serve(
@@ -677,6 +696,17 @@ fn keep_restart_values(running: &Config, new: &mut Config) -> Vec<&'static str> 
     keep!("shoptet.ca_file", shoptet.ca_file);
     keep!("store", store);
     keep!("log.format", log.format);
+    // The settings pages (B9) are built once with the public listener.
+    keep!("addon.settings_url", addon.settings_url);
+    keep!("addon.settings_session_ttl", addon.settings_session_ttl);
+    keep!(
+        "addon.settings_frame_ancestors",
+        addon.settings_frame_ancestors
+    );
+    keep!(
+        "shoptet.settings_redirect_uri",
+        shoptet.settings_redirect_uri
+    );
     // New certificate and key files apply; turning TLS on or off does not.
     let tls = |c: &Config| c.public.tls_cert_file.is_some() && c.public.tls_key_file.is_some();
     if tls(new) != tls(running) {

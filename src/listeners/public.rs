@@ -11,6 +11,7 @@
 use crate::error::ProxyError;
 use crate::http::body::{json, RespBody};
 use crate::install;
+use crate::listeners::settings::SettingsPages;
 use crate::proxy::Proxy;
 use crate::secret::Secret;
 use crate::shoptet::oauth::{FetchError, OAuthClient};
@@ -51,6 +52,8 @@ pub struct Public {
     pub metrics: Arc<Metrics>,
     /// Wakes the outbox worker when something was queued.
     pub outbox: Arc<Notify>,
+    /// `/settings...` (SPEC B9), outside the install/webhook allowlists: admins' browsers call it.
+    pub pages: Arc<SettingsPages>,
 }
 
 /// `[public]` allowlists and which deliveries the addon wants (`[addon]`).
@@ -106,6 +109,13 @@ fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
 impl Public {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<PublicBody> {
         let method = req.method().clone();
+        let path = req.uri().path();
+        if path == "/settings" || path.starts_with("/settings/") {
+            let resp = self.pages.handle(req).await;
+            self.metrics
+                .count_request("public", &method, resp.status().as_u16());
+            return resp;
+        }
         let ip = client_ip(
             peer.ip(),
             req.headers(),

@@ -316,6 +316,24 @@ impl PgStore {
         .map(drop)
     }
 
+    pub(crate) async fn use_nonce(
+        &self,
+        nonce: String,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.exec("DELETE FROM settings_nonces WHERE expires_at < $1", &[&now])
+            .await?;
+        let inserted = self
+            .exec(
+                "INSERT INTO settings_nonces (nonce, expires_at) VALUES ($1, $2) \
+                 ON CONFLICT (nonce) DO NOTHING",
+                &[&nonce, &expires_at],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
     pub(crate) async fn outbox_depth(&self) -> Result<i64, StoreError> {
         let c = self.pool.get().await?;
         let stmt = c.prepare_cached("SELECT COUNT(*) FROM outbox").await?;

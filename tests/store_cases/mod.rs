@@ -153,7 +153,10 @@ pub async fn reinstall_replaces_oauth_token_and_clears_access_token(b: &Backend)
     assert_eq!(got.contact_email.as_deref(), Some("new@shop7.example"));
     // SPEC v2 B5: installing again replaces every secret of the e-shop; the new installation
     // gets its own signature key from Shoptet.
-    assert!(got.signature_key.is_none(), "old signature key must not survive");
+    assert!(
+        got.signature_key.is_none(),
+        "old signature key must not survive"
+    );
     assert!(got.installed_at >= first_installed);
 }
 
