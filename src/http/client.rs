@@ -92,5 +92,8 @@ pub fn client(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Clien
         .timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(512)
+        // Records the HTTP/1 answer's header-name spelling (Shoptet's `X-RateLimit-Bucket-Filling`)
+        // in its extensions; the proxy hands them on with the answer (SPEC B2).
+        .http1_preserve_header_case(true)
         .build(https))
 }

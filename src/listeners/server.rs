@@ -88,6 +88,9 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
+        // Records each request's header-name spelling in its extensions, so the proxy can send
+        // them on as the client wrote them (SPEC B2); nothing else reads it.
+        .preserve_header_case(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

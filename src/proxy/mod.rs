@@ -263,6 +263,7 @@ impl Proxy {
         let uri = Uri::from_maybe_shared(Bytes::from(target)).map_err(|_| ProxyError::NotFound)?;
 
         let mut headers = parts.headers;
+        let mut extensions = carried(parts.extensions);
         let declared_len = rewrite_request_headers(&mut headers, &self.settings.eshop_header)?;
         headers.insert(header::HOST, self.settings.api_host.clone());
 
@@ -298,6 +299,11 @@ impl Proxy {
                 headers.clone()
             } else {
                 std::mem::take(&mut headers)
+            };
+            *req.extensions_mut() = if may_resend {
+                extensions.clone()
+            } else {
+                std::mem::take(&mut extensions)
             };
             req.headers_mut()
                 .insert(TOKEN_HEADER.clone(), token.header.clone());
@@ -413,9 +419,22 @@ fn stream_back(resp: Response<Incoming>, permit: Permit) -> Response<ProxyBody> 
     respond(parts, RespBody::upstream(body, permit))
 }
 
+/// The answer the client gets from Shoptet's: its head as received (the extensions included,
+/// which carry hyper's record of the HTTP/1 header-name spelling), minus the hop-by-hop parts.
 fn respond(mut parts: http::response::Parts, body: ProxyBody) -> Response<ProxyBody> {
     strip_hop_by_hop(&mut parts.headers);
+    parts.extensions = carried(parts.extensions);
     Response::from_parts(parts, body)
+}
+
+/// The extensions of a message that travel to the next hop. hyper's HTTP/1 parser records the
+/// header names' spelling there and its encoder writes them back (SPEC B2: case kept on HTTP/1.1,
+/// as through nginx); the type is hyper-private, so the whole set is carried, except the parts
+/// that belong to the connection the message came on (its upgrade, an HTTP/2 CONNECT protocol).
+fn carried(mut extensions: http::Extensions) -> http::Extensions {
+    extensions.remove::<hyper::upgrade::OnUpgrade>();
+    extensions.remove::<hyper::ext::Protocol>();
+    extensions
 }
 
 /// The request body as it can be sent: again and again, or once.
