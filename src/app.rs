@@ -180,6 +180,7 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         tokens,
         flow,
         metrics: metrics.clone(),
+        store,
     });
     Ok(Core {
         metrics,

@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Sends `head` (a complete HTTP/1.1 request without body, `Connection: close`) to `addr` and
 /// returns every byte of the answer.
 async fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
     s.write_all(head.as_bytes()).await.expect("send request");
     let mut got = Vec::new();
     s.read_to_end(&mut got).await.expect("read answer");
@@ -136,7 +138,10 @@ async fn shoptet_spellings_reach_the_client_and_the_clients_reach_shoptet() {
         assert!(sent.contains(&"Accept"), "{head}");
         // The proxy's own headers: the token and its routing tag gone.
         assert!(!head.contains("X-Shoptet-Eshop-Id"), "{head}");
-        assert!(head.to_ascii_lowercase().contains("shoptet-access-token"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("shoptet-access-token"),
+            "{head}"
+        );
     }
     h.stop().await;
 }

@@ -328,3 +328,60 @@ async fn killed_proxy_still_delivers_and_restarts_mint_no_tokens() {
     assert_eq!(h.minted(ESHOP), 1, "a restart after SIGTERM mints nothing");
     assert!(sigterm(serve).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_addon_renews_through_the_proxy_is_adopted_before_the_answer() {
+    let mut h = Deployment::new().await;
+    let p = h.start().await;
+    installed(&mut h, &p).await;
+    let old = signature_key(&h).await;
+    let r = h
+        .http
+        .post_json(
+            &p.api_url("/api/webhooks"),
+            &[("x-shoptet-eshop-id", &ESHOP.to_string())],
+            &json!({"data": [{"event": "order:create", "url": p.public_url("/webhooks")}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // The official SDK's generateWebhookSignatureKey(), through the proxy.
+    let r = h
+        .http
+        .request(
+            http::Method::POST,
+            &p.api_url(&format!("/eshops/{ESHOP}/api/webhooks/renew-signature-key")),
+            &[("content-type", "application/json")],
+            String::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let renewed = r.json()["data"]["signatureKey"]
+        .as_str()
+        .expect("the addon gets Shoptet's answer")
+        .to_owned();
+    assert_ne!(renewed, old);
+    // Adopted before the answer left: the store holds it the moment the addon has it.
+    assert_eq!(signature_key(&h).await, renewed);
+
+    // Shoptet signs its next webhook with the new key: delivered.
+    let r = h
+        .sim_post(
+            &format!("/sim/eshops/{ESHOP}/events"),
+            json!({"event": "order:create", "eventInstance": "after-renewal"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(
+        received_json(&mut h).await["eventInstance"],
+        "after-renewal"
+    );
+
+    // One signed with the key Shoptet invalidated: rejected, not delivered.
+    let body = event_body(ESHOP, "order:create", "old-key");
+    let sig = signature::sign(old.as_bytes(), body.as_bytes());
+    assert_eq!(post_webhook(&h, &p, &body, Some(&sig)).await, 401);
+    let sig = signature::sign(renewed.as_bytes(), body.as_bytes());
+    assert_eq!(post_webhook(&h, &p, &body, Some(&sig)).await, 200);
+    assert_eq!(received_json(&mut h).await["eventInstance"], "old-key");
+}

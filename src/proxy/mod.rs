@@ -12,8 +12,10 @@ use crate::http::body::{read_for_replay, read_up_to, ClientBody, Limited, ReqBod
 use crate::limits::flow::{Flow, Permit};
 use crate::secret::Secret;
 use crate::state::eshops::Eshops;
+use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
 pub mod own;
+mod renewal;
 pub mod tag;
 use crate::http::client::Client;
 use crate::state::tokens::TokenCache;
@@ -64,6 +66,8 @@ pub struct Proxy {
     pub tokens: Arc<TokenCache>,
     pub flow: Flow,
     pub metrics: Arc<Metrics>,
+    /// Where a signature key a client renews through the proxy is adopted (SPEC B2).
+    pub store: Store,
 }
 
 /// What the access log line reports about one request.
@@ -248,6 +252,7 @@ impl Proxy {
         let tagged = tag::parse(&parts.uri, &parts.headers, &self.settings.eshop_header)?;
         let eshop_id = tagged.eshop_id;
         trace.eshop_id = Some(eshop_id);
+        let renews_key = renewal::renews_signature_key(&parts.method, tagged.path);
         let mut target = String::with_capacity(
             self.settings.api_base.len()
                 + tagged.path.len()
@@ -406,6 +411,9 @@ impl Proxy {
                     }
                     if trace.replayed {
                         self.metrics.replays.with_label_values(&["ok"]).inc();
+                    }
+                    if renews_key && status == StatusCode::OK {
+                        return self.adopt_signature_key(eshop_id, resp, permit).await;
                     }
                     return Ok(stream_back(resp, permit));
                 }
