@@ -308,9 +308,10 @@ pub async fn start_with_limits(
             events_url: app.cfg.addon.events_url.clone(),
             webhooks_url: app.cfg.addon.webhooks_url.clone(),
             retry_max: app.cfg.addon.retry_max,
+            signing_key: app.cfg.addon.signing_key.clone(),
         },
         store: app.store.clone(),
-        client: client::client(None, app.cfg.shoptet.connect_timeout)?,
+        client: client::addon_client(app.cfg.shoptet.connect_timeout)?,
         metrics: app.metrics.clone(),
         shutdown: app.shutdown.clone(),
     };

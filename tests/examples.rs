@@ -1,6 +1,7 @@
 //! The example addons in examples/ (PHP, Python, Node) run end to end against `shoptet-proxy
 //! demo`: each test runs `examples/run.sh LANG`, which starts the addon and the demo on free
-//! loopback ports and checks every line the addon prints. A missing runtime makes run.sh exit 77:
+//! loopback ports and checks every line the addon prints, the refusal of an unsigned and a
+//! wrongly signed delivery (B5's `signing_key_file`) included. A missing runtime makes run.sh exit 77:
 //! the test then prints "skipped" and passes, unless `SHOPTET_PROXY_REQUIRE_EXAMPLES=1` (CI)
 //! makes that a failure.
 
@@ -32,6 +33,13 @@ fn run_example(lang: &str) {
         stdout.contains("\nwebhook order:create "),
         "examples/run.sh {lang} passed without the webhook line:\n{stdout}"
     );
+    // run.sh also checks these; asserted here so the signature check cannot silently drop out.
+    for line in ["\nrefused unsigned delivery\n", "\nrefused bad signature\n"] {
+        assert!(
+            stdout.contains(line),
+            "examples/run.sh {lang}: the addon did not refuse a forged delivery:\n{stdout}"
+        );
+    }
 }
 
 #[test]

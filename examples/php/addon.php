@@ -6,8 +6,13 @@
 // the proxy's "installed" event it lists orders, registers an `order:create` webhook, creates an
 // order, and waits for that order's webhook, printing one line per step.
 //
+// Every delivery from the proxy is signed with the key in SIGNING_KEY_FILE (the same file as the
+// proxy's `[addon] signing_key_file`): `Shoptet-Webhook-Signature` is the lowercase hex
+// HMAC-SHA1 of the body, Shoptet's own scheme, checked here as the official SDK's
+// SignatureValidator does. Anything unsigned or signed otherwise is refused with 401.
+//
 //   PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
-//       php addon.php
+//       SIGNING_KEY_FILE=signing-key php addon.php
 
 declare(strict_types=1);
 
@@ -15,6 +20,15 @@ declare(strict_types=1);
 define('PROXY_URL', getenv('PROXY_URL') ?: 'http://127.0.0.1:8080');
 define('PUBLIC_URL', getenv('PUBLIC_URL') ?: 'http://127.0.0.1:8081');
 define('ADDON_PORT', (int) (getenv('ADDON_PORT') ?: 8000));
+// The key's text without its trailing newline, as the proxy reads `signing_key_file`.
+define('SIGNING_KEY', rtrim((string) file_get_contents((string) getenv('SIGNING_KEY_FILE')), "\r\n"));
+
+/** Shoptet's check: HMAC-SHA1 of the raw body, hex, compared in constant time. */
+function signed(string $body, ?string $signature): bool
+{
+    return $signature !== null
+        && hash_equals(hash_hmac('sha1', $body, SIGNING_KEY), strtolower(trim($signature)));
+}
 
 /**
  * Calls the Shoptet API of one e-shop through the proxy and returns the envelope's `data`.
@@ -62,21 +76,24 @@ function onInstalled(int $eshopId): string
 }
 
 /**
- * Reads one HTTP request (the proxy always sends a Content-Length); returns [path, JSON body],
- * the body null when it is not a JSON object.
+ * Reads one HTTP request (the proxy always sends a Content-Length); returns [path, raw body,
+ * signature header or null].
  */
 function readRequest($conn): array
 {
     $requestLine = (string) fgets($conn); // "POST /events HTTP/1.1"
     $length = 0;
+    $signature = null;
     while (($line = fgets($conn)) !== false && trim($line) !== '') {
-        if (stripos($line, 'Content-Length:') === 0) {
-            $length = (int) substr($line, strlen('Content-Length:'));
+        [$name, $value] = array_pad(explode(':', $line, 2), 2, '');
+        if (strcasecmp($name, 'Content-Length') === 0) {
+            $length = (int) $value;
+        } elseif (strcasecmp($name, 'Shoptet-Webhook-Signature') === 0) {
+            $signature = trim($value);
         }
     }
     $body = $length > 0 ? (string) stream_get_contents($conn, $length) : '';
-    $message = json_decode($body, true);
-    return [explode(' ', $requestLine)[1] ?? '', is_array($message) ? $message : null];
+    return [explode(' ', $requestLine)[1] ?? '', $body, $signature];
 }
 
 $server = stream_socket_server('tcp://127.0.0.1:' . ADDON_PORT, $errno, $error);
@@ -88,7 +105,16 @@ echo 'listening on http://127.0.0.1:' . ADDON_PORT . "\n";
 
 $myOrder = null;
 while ($conn = stream_socket_accept($server, -1)) {
-    [$path, $message] = readRequest($conn);
+    [$path, $body, $signature] = readRequest($conn);
+    // Verified on the raw bytes, before parsing: re-encoded JSON would not match.
+    if (!signed($body, $signature)) {
+        fwrite($conn, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        fclose($conn);
+        echo $signature === null ? "refused unsigned delivery\n" : "refused bad signature\n";
+        continue;
+    }
+    $message = json_decode($body, true);
+    $message = is_array($message) ? $message : null;
     // Answer at once (the proxy, like Shoptet, waits 4 s at most) and work afterwards.
     $status = $message === null ? '400 Bad Request' : '200 OK';
     fwrite($conn, "HTTP/1.1 $status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
