@@ -189,6 +189,20 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
     })
 }
 
+/// A listener's TLS acceptor when both its files are set (the config checks they come in pairs).
+fn tls(
+    what: &'static str,
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => crate::listeners::tls::tls_acceptor(cert, key)
+            .map(Some)
+            .map_err(|detail| StartError::Invalid { what, detail }),
+        _ => Ok(None),
+    }
+}
+
 /// Builds the application on an opened store and binds its listeners.
 pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
     start_with_limits(cfg, store, server::Limits::default()).await
@@ -206,17 +220,16 @@ pub async fn start_with_limits(
         proxy,
     } = core(&cfg, store.clone())?;
 
-    let public_tls = match (&cfg.public.tls_cert_file, &cfg.public.tls_key_file) {
-        (Some(cert), Some(key)) => Some(
-            crate::listeners::public::tls_acceptor(cert, key).map_err(|detail| {
-                StartError::Invalid {
-                    what: "public.tls_cert_file/tls_key_file",
-                    detail,
-                }
-            })?,
-        ),
-        _ => None,
-    };
+    let public_tls = tls(
+        "public.tls_cert_file/tls_key_file",
+        &cfg.public.tls_cert_file,
+        &cfg.public.tls_key_file,
+    )?;
+    let proxy_tls = tls(
+        "proxy.tls_cert_file/tls_key_file",
+        &cfg.proxy.tls_cert_file,
+        &cfg.proxy.tls_key_file,
+    )?;
 
     let (proxy_listener, proxy_addr) = bind("proxy", cfg.proxy.listen).await?;
     let (admin_listener, admin_addr) = bind("admin", cfg.admin.listen).await?;
@@ -265,7 +278,7 @@ pub async fn start_with_limits(
         let proxy = app.proxy.clone();
         tasks.spawn(server::serve(
             proxy_listener,
-            None,
+            proxy_tls,
             move |req, _peer| {
                 let proxy = proxy.clone();
                 async move { proxy.handle(req).await }

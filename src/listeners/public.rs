@@ -332,39 +332,6 @@ impl Public {
     }
 }
 
-/// Rustls server configuration for the public listener from PEM files.
-pub fn tls_acceptor(
-    cert_file: &std::path::Path,
-    key_file: &std::path::Path,
-) -> Result<tokio_rustls::TlsAcceptor, String> {
-    let certs = std::fs::read(cert_file)
-        .map_err(|e| format!("{}: {e}", cert_file.display()))
-        .and_then(|pem| {
-            rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{}: {e}", cert_file.display()))
-        })?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate", cert_file.display()));
-    }
-    let key = std::fs::read(key_file)
-        .map_err(|e| format!("{}: {e}", key_file.display()))
-        .and_then(|pem| {
-            rustls_pemfile::private_key(&mut pem.as_slice())
-                .map_err(|e| format!("{}: {e}", key_file.display()))
-        })?
-        .ok_or_else(|| format!("{}: no PEM private key", key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,6 +119,37 @@ async fn first_request_within<C: Future>(conn: C, first_request: &Notify, limit:
     conn.await;
 }
 
+/// Whether a connection on a TLS listener opens with a TLS record (a handshake, content type
+/// 22), judged on its first byte without consuming it.
+async fn starts_with_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16)
+}
+
+/// A plain-HTTP request on a TLS port gets a 400 that says so, as nginx answers, instead of a
+/// reset the client cannot explain; then the connection closes.
+async fn refuse_plain_http(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The request head is read first: closing a socket with unread input resets the connection,
+    // and the client would see the reset instead of the answer.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while head.len() < MAX_HEADER_BYTES && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    const BODY: &str = "this port speaks TLS: use https://\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
 /// Serves `listener` until `shutdown`, then drains for at most `drain_timeout`.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
@@ -174,9 +205,15 @@ pub async fn serve<H, F, B>(
                     first_request_within(conn, &first_request, limits.header_read_timeout).await;
                 }
                 Some(acceptor) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
-                            .await
+                    let handshake = async {
+                        if !starts_with_tls(&stream).await {
+                            refuse_plain_http(stream).await;
+                            return None;
+                        }
+                        acceptor.accept(stream).await.ok()
+                    };
+                    let Ok(Some(stream)) =
+                        tokio::time::timeout(limits.header_read_timeout, handshake).await
                     else {
                         return;
                     };
