@@ -53,9 +53,11 @@ fn start_failed(e: &StartError) -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
-    match execute(cli) {
+    let code = match execute(cli) {
         Ok(code) | Err(code) => code,
-    }
+    };
+    logging::flush();
+    code
 }
 
 fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {

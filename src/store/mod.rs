@@ -7,8 +7,8 @@
 //! only ever move sealed bytes and cannot leak a token by construction. Dispatch is a plain enum
 //! (no trait objects) so a `Store` is a cheap `Clone` of two `Arc`s.
 
-mod admin;
 mod crypto;
+mod listing;
 mod migrations;
 mod postgres;
 mod sqlite;
@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
-pub use admin::{import_installation, render_list_json, render_list_table};
 pub use crypto::{generate_key_base64, Keyring};
+pub use listing::{render_list_json, render_list_table};
 
 /// Errors of the store. None of them carries a secret value: sealed-value failures name the
 /// e-shop and column, key-file failures name the path.

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
+    /// Mirrors [`super::logging::dropped_lines`], brought up to date at each scrape.
+    pub log_lines_dropped: IntCounter,
 }
 
 fn histogram(name: &str, help: &str) -> Histogram {
@@ -168,6 +170,11 @@ impl Metrics {
                 "Deliveries to the addon waiting in the durable outbox.",
             )
             .expect("static gauge"),
+            log_lines_dropped: IntCounter::new(
+                "shoptet_proxy_log_lines_dropped_total",
+                "Log lines dropped because the log writer fell behind (bounded buffer).",
+            )
+            .expect("static counter"),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -213,6 +220,7 @@ impl Metrics {
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
+            Box::new(m.log_lines_dropped.clone()),
         ];
         for c in collectors {
             m.registry
@@ -238,6 +246,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        let dropped = super::logging::dropped_lines();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

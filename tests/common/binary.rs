@@ -28,6 +28,15 @@ pub fn tool(tool: &str, require_env: &str) -> Option<PathBuf> {
     found
 }
 
+/// A loopback port the OS just assigned to a probe socket, for a listener whose address must be
+/// known before it starts (a restarted proxy, HAProxy's configuration).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("probe a free loopback port")
+        .port()
+}
+
 /// Secrets a test proxy runs with, each distinctive so a leak is found by a plain search.
 pub struct Secrets {
     pub client_secret: String,
@@ -350,6 +359,11 @@ impl Served {
             out.join("\n"),
             err.join("\n")
         );
+    }
+
+    /// Every stdout line printed so far (the process keeps running).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("lines").clone()
     }
 
     /// The process id, e.g. to read `/proc/<pid>/status`.
