@@ -1083,8 +1083,9 @@ struct AddonView {
     events_url: String,
     webhooks_url: String,
     retry_max: String,
+    /// Only the path: the key itself is not a config key, and a redacted line for it would not
+    /// load back.
     signing_key_file: String,
-    signing_key: String,
 }
 
 #[derive(Serialize)]
@@ -1189,7 +1190,6 @@ impl From<&Config> for RedactedView {
                 webhooks_url: show_opt(&c.addon.webhooks_url),
                 retry_max: show_duration(c.addon.retry_max),
                 signing_key_file: show_path(&c.addon.signing_key_file),
-                signing_key: show_redacted(&c.addon.signing_key),
             },
             admin: AdminView {
                 listen: c.admin.listen.to_string(),
