@@ -32,8 +32,8 @@ pub struct Admin {
     pub store: Store,
     pub proxy: Arc<Proxy>,
     pub metrics: Arc<Metrics>,
-    /// `[admin] token`; `None` turns the write endpoints off.
-    pub token: Option<Secret>,
+    /// `[admin] token`; `None` turns the write endpoints off. Replaced by a reload.
+    pub token: arc_swap::ArcSwapOption<Secret>,
     pub readiness: Readiness,
 }
 
@@ -96,7 +96,8 @@ impl Admin {
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
-        let Some(token) = &self.token else {
+        let token = self.token.load();
+        let Some(token) = token.as_deref() else {
             // Writes are off: behave as if the endpoint did not exist.
             return Err(ProxyError::NotFound);
         };

@@ -43,7 +43,8 @@ type PublicBody = RespBody<()>;
 /// uninstall confirmation), the request path (signature keys, token cache), the metrics, its
 /// own settings and the outbox's wake-up.
 pub struct Public {
-    pub settings: PublicSettings,
+    /// Replaced whole by a reload; read per request without a lock.
+    pub settings: arc_swap::ArcSwap<PublicSettings>,
     pub store: Store,
     pub oauth: Arc<OAuthClient>,
     pub proxy: Arc<Proxy>,
@@ -105,10 +106,14 @@ fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
 impl Public {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<PublicBody> {
         let method = req.method().clone();
-        let ip = client_ip(peer.ip(), req.headers(), &self.settings.trusted_proxies);
+        let ip = client_ip(
+            peer.ip(),
+            req.headers(),
+            &self.settings.load().trusted_proxies,
+        );
         let resp = match (req.method(), req.uri().path()) {
             (&Method::GET, "/install") => {
-                if allowed(&self.settings.install_allow, ip) {
+                if allowed(&self.settings.load().install_allow, ip) {
                     self.install(req).await
                 } else {
                     tracing::warn!(%ip, "install call from an address outside install_allow");
@@ -116,7 +121,7 @@ impl Public {
                 }
             }
             (&Method::POST, "/webhooks") => {
-                if allowed(&self.settings.webhook_allow, ip) {
+                if allowed(&self.settings.load().webhook_allow, ip) {
                     self.webhook(req).await
                 } else {
                     tracing::warn!(%ip, "webhook from an address outside webhook_allow");
@@ -184,7 +189,7 @@ impl Public {
                 "installation: signature key not obtained in time; still waiting for it"
             );
         }
-        if self.settings.deliver_events {
+        if self.settings.load().deliver_events {
             let event = serde_json::json!({
                 "event": "installed",
                 "eshopId": eshop_id,
@@ -253,7 +258,7 @@ impl Public {
         // finds the proxy refusing calls for that e-shop.
         self.system_event(eshop_id, &head.event, inst.status, inst.oauth_token)
             .await;
-        if self.settings.deliver_webhooks {
+        if self.settings.load().deliver_webhooks {
             if let Err(e) = self
                 .store
                 .outbox_push(OutboxKind::Webhook, Some(eshop_id), &body)
@@ -330,6 +335,15 @@ impl Public {
             _ => {}
         }
     }
+}
+
+/// A TLS acceptor for `cert_file` and `key_file` whose certificate cannot be reloaded (see
+/// [`super::tls::Certificate`] for one that can).
+pub fn tls_acceptor(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    super::tls::Certificate::load(cert_file, key_file)?.acceptor()
 }
 
 #[cfg(test)]

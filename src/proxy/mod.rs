@@ -19,6 +19,7 @@ mod renewal;
 pub mod tag;
 use crate::http::client::Client;
 use crate::state::tokens::TokenCache;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -60,7 +61,9 @@ pub struct ProxySettings {
 }
 
 pub struct Proxy {
-    pub settings: ProxySettings,
+    /// Replaced whole by a reload. An `ArcSwap` because every request reads it on whatever core
+    /// it runs: a lock-free load there, instead of a lock that every request would contend on.
+    pub settings: ArcSwap<ProxySettings>,
     pub client: Client,
     pub eshops: Arc<Eshops>,
     pub tokens: Arc<TokenCache>,
@@ -225,7 +228,8 @@ impl Proxy {
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        let keys = &self.settings.client_keys;
+        let settings = self.settings.load();
+        let keys = &settings.client_keys;
         if keys.is_empty() {
             return Ok(());
         }
@@ -246,19 +250,19 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = req.into_parts();
         self.authorize(&parts.headers)?;
+        // One snapshot per request: a reload in the middle does not mix old and new values.
+        let settings = self.settings.load_full();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::NotFound);
         }
-        let tagged = tag::parse(&parts.uri, &parts.headers, &self.settings.eshop_header)?;
+        let tagged = tag::parse(&parts.uri, &parts.headers, &settings.eshop_header)?;
         let eshop_id = tagged.eshop_id;
         trace.eshop_id = Some(eshop_id);
         let renews_key = renewal::renews_signature_key(&parts.method, tagged.path);
         let mut target = String::with_capacity(
-            self.settings.api_base.len()
-                + tagged.path.len()
-                + tagged.query.map_or(0, |q| q.len() + 1),
+            settings.api_base.len() + tagged.path.len() + tagged.query.map_or(0, |q| q.len() + 1),
         );
-        target.push_str(&self.settings.api_base);
+        target.push_str(&settings.api_base);
         target.push_str(tagged.path);
         if let Some(q) = tagged.query {
             target.push('?');
@@ -269,10 +273,10 @@ impl Proxy {
 
         let mut headers = parts.headers;
         let mut extensions = carried(parts.extensions);
-        let declared_len = rewrite_request_headers(&mut headers, &self.settings.eshop_header)?;
-        headers.insert(header::HOST, self.settings.api_host.clone());
+        let declared_len = rewrite_request_headers(&mut headers, &settings.eshop_header)?;
+        headers.insert(header::HOST, settings.api_host.clone());
 
-        let mut body = match read_for_replay(body, declared_len, self.settings.max_replay_body)
+        let mut body = match read_for_replay(body, declared_len, settings.max_replay_body)
             .await
             .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
         {
@@ -315,7 +319,7 @@ impl Proxy {
 
             permit.sending();
             let sent = Instant::now();
-            let deadline = tokio::time::Instant::from_std(sent + self.settings.upstream_timeout);
+            let deadline = tokio::time::Instant::from_std(sent + settings.upstream_timeout);
             let result = tokio::time::timeout_at(deadline, self.client.request(req)).await;
             let took = sent.elapsed();
             trace.upstream += took;
@@ -383,7 +387,7 @@ impl Proxy {
                         None => Some(CONCURRENCY_429_BACKOFF * 2u32.pow(trace.retries_429)),
                     };
                     match wait {
-                        Some(w) if w <= self.settings.max_retry_wait => {
+                        Some(w) if w <= settings.max_retry_wait => {
                             self.metrics
                                 .upstream_429
                                 .with_label_values(&["retried"])

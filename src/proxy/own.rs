@@ -15,9 +15,13 @@ const MAX_ANSWER: usize = 64 * 1024;
 impl Proxy {
     /// Asks Shoptet for a new webhook signature key for `eshop_id` (the old one stops verifying).
     pub async fn renew_signature_key(&self, eshop_id: u64) -> Result<Secret, ProxyError> {
-        let uri: http::Uri = format!("{}{}", self.settings.api_base, api::RENEW_SIGNATURE_KEY)
-            .parse()
-            .map_err(|_| ProxyError::UpstreamUnreachable)?;
+        let uri: http::Uri = format!(
+            "{}{}",
+            self.settings.load().api_base,
+            api::RENEW_SIGNATURE_KEY
+        )
+        .parse()
+        .map_err(|_| ProxyError::UpstreamUnreachable)?;
         let eshop = self.eshops.get(eshop_id);
         let mut token = self.tokens.get(&eshop).await?;
         for attempt in 0..2 {
@@ -31,11 +35,13 @@ impl Proxy {
                 .header("shoptet-access-token", token.header.clone())
                 .body(ReqBody::empty())
                 .map_err(|_| ProxyError::UpstreamUnreachable)?;
-            let resp =
-                tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req))
-                    .await
-                    .map_err(|_| ProxyError::UpstreamTimeout)?
-                    .map_err(|_| ProxyError::UpstreamUnreachable)?;
+            let resp = tokio::time::timeout(
+                self.settings.load().upstream_timeout,
+                self.client.request(req),
+            )
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(|_| ProxyError::UpstreamUnreachable)?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()

@@ -74,7 +74,9 @@ pub struct TokenCache {
     store: Store,
     oauth: Arc<OAuthClient>,
     metrics: Arc<Metrics>,
-    cfg: TokenConfig,
+    /// Replaced by a reload ([`TokenCache::reconfigure`]); read on every token lookup, hence
+    /// lock-free.
+    cfg: arc_swap::ArcSwap<TokenConfig>,
     generations: AtomicU64,
 }
 
@@ -162,7 +164,7 @@ impl TokenCache {
             store,
             oauth,
             metrics,
-            cfg,
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             generations: AtomicU64::new(1),
         }
     }
@@ -195,10 +197,15 @@ impl TokenCache {
         ))
     }
 
+    /// Applies a reloaded `refresh_margin` and `token_backoff_max`.
+    pub fn reconfigure(&self, cfg: TokenConfig) {
+        self.cfg.store(Arc::new(cfg));
+    }
+
     /// Below this a cached token is not sent: it could expire on the way. Above it but within
     /// the margin, it is sent while a background refresh runs.
     fn min_left(&self) -> Duration {
-        (self.cfg.refresh_margin / 2).min(Duration::from_secs(10))
+        (self.cfg.load().refresh_margin / 2).min(Duration::from_secs(10))
     }
 
     /// The token to send for `eshop` now.
@@ -216,7 +223,7 @@ impl TokenCache {
             }
             if let Some(t) = st.usable(now, self.min_left(), None) {
                 drop(st);
-                if t.remaining_at(now) <= self.cfg.refresh_margin {
+                if t.remaining_at(now) <= self.cfg.load().refresh_margin {
                     self.refresh_in_background(eshop);
                 }
                 return Ok(t);
@@ -317,7 +324,9 @@ impl TokenCache {
         let eshop = eshop.clone();
         tokio::spawn(async move {
             // Errors are recorded in the slot (backoff) and counted; the old token serves on.
-            let _ = this.fetch(&eshop, this.cfg.refresh_margin, None).await;
+            let _ = this
+                .fetch(&eshop, this.cfg.load().refresh_margin, None)
+                .await;
             eshop.token.refreshing.store(false, Ordering::Release);
         });
     }
@@ -369,7 +378,7 @@ impl TokenCache {
             Err(error) => {
                 let backoff = st
                     .backoff
-                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(self.cfg.backoff_max));
+                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(self.cfg.load().backoff_max));
                 st.backoff = Some(backoff);
                 st.failure = Some(Failure {
                     error: error.clone(),
@@ -417,7 +426,7 @@ impl TokenCache {
                 .expires_at
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
-            if left > self.cfg.refresh_margin
+            if left > self.cfg.load().refresh_margin
                 && rejected.is_none_or(|r| r != stored.token.expose().as_bytes())
             {
                 lock.release().await;

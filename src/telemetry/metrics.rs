@@ -42,6 +42,8 @@ pub const UPSTREAM_429_ACTIONS: [&str; 2] = ["retried", "returned"];
 pub const WEBHOOK_RESULTS: [&str; 4] = ["received", "rejected", "delivered", "failed"];
 /// `shoptet_proxy_installations{status}`.
 pub const INSTALLATION_STATUSES: [&str; 3] = ["active", "suspended", "uninstalled"];
+/// `shoptet_proxy_config_reloads_total{result}`.
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +66,7 @@ pub struct Metrics {
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
+    pub config_reloads: IntCounterVec,
     /// Mirrors [`super::logging::dropped_lines`], brought up to date at each scrape.
     pub log_lines_dropped: IntCounter,
 }
@@ -170,6 +173,11 @@ impl Metrics {
                 "Deliveries to the addon waiting in the durable outbox.",
             )
             .expect("static gauge"),
+            config_reloads: counter_vec(
+                "shoptet_proxy_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result (ok, error).",
+                &["result"],
+            ),
             log_lines_dropped: IntCounter::new(
                 "shoptet_proxy_log_lines_dropped_total",
                 "Log lines dropped because the log writer fell behind (bounded buffer).",
@@ -190,6 +198,7 @@ impl Metrics {
             (&m.replays, &REPLAY_RESULTS[..]),
             (&m.upstream_429, &UPSTREAM_429_ACTIONS[..]),
             (&m.webhooks, &WEBHOOK_RESULTS[..]),
+            (&m.config_reloads, &RELOAD_RESULTS[..]),
         ] {
             for v in values {
                 family.with_label_values(&[v]);
@@ -220,6 +229,7 @@ impl Metrics {
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
+            Box::new(m.config_reloads.clone()),
             Box::new(m.log_lines_dropped.clone()),
         ];
         for c in collectors {
