@@ -16,10 +16,11 @@ use crate::error::ProxyError;
 use crate::limits::bucket::{self, Bucket};
 use crate::telemetry::metrics::Metrics;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 
 static BUCKET_FILLING: http::HeaderName =
     http::HeaderName::from_static("x-ratelimit-bucket-filling");
@@ -133,6 +134,20 @@ pub struct Lane {
     bucket: Mutex<Bucket>,
     /// Wakes paced requests when an answer corrects the model, often freeing room early.
     answers: Notify,
+    /// Requests this lane delayed for the bucket since start (the status pages show it).
+    paced_total: AtomicU64,
+}
+
+/// What one e-shop's lane holds now, for the live state (SPEC B7 `runtime`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LaneSnapshot {
+    /// Sent upstream (or admitted to be) and not answered yet.
+    pub in_flight: u32,
+    /// Waiting for a slot.
+    pub queued: usize,
+    pub paced_total: u64,
+    /// `None` until an answer reported the bucket's level.
+    pub bucket: Option<bucket::Level>,
 }
 
 impl Lane {
@@ -140,8 +155,20 @@ impl Lane {
         Lane {
             slots: Slots::new(slots),
             waiting: AtomicUsize::new(0),
-            bucket: Mutex::new(Bucket::new(tokio::time::Instant::now())),
+            bucket: Mutex::new(Bucket::new(Instant::now())),
             answers: Notify::new(),
+            paced_total: AtomicU64::new(0),
+        }
+    }
+
+    /// A copy of the lane's state; holds its bucket lock for a few field reads.
+    pub fn snapshot(&self) -> LaneSnapshot {
+        let b = lock(&self.bucket);
+        LaneSnapshot {
+            in_flight: b.in_flight(),
+            queued: self.waiting.load(Ordering::Relaxed),
+            paced_total: self.paced_total.load(Ordering::Relaxed),
+            bucket: b.level(tokio::time::Instant::now()),
         }
     }
 }
@@ -193,17 +220,17 @@ impl Flow {
         self.cfg.store(Arc::new(cfg));
     }
 
-    /// Waits for an upstream slot for `eshop`, at most until `arrived + queue_timeout`.
+    /// Waits for an upstream slot for `eshop`, at most `queue_timeout` from now: the time spent
+    /// before (reading a slow upload, say) is not queueing.
     pub async fn admit<R: AsRef<Lane> + Send + Sync + 'static>(
         &self,
         owner: &Arc<R>,
-        arrived: Instant,
     ) -> Result<Admission, ProxyError> {
         let lane = owner.as_ref().as_ref();
         // Copied out (a few numbers): an arc-swap guard should not be held across the waits below.
         let cfg = FlowConfig::clone(&self.cfg.load());
         lane.slots.resize(cfg.max_in_flight_per_eshop);
-        let deadline = tokio::time::Instant::from_std(arrived + cfg.queue_timeout);
+        let deadline = Instant::now() + cfg.queue_timeout;
         // When this request started waiting for a slot, if it had to: the common case reads no
         // clock here, and a slow request body read before admission never counts as queueing.
         let mut waiting_since: Option<Instant> = None;
@@ -256,6 +283,7 @@ impl Flow {
         let queued = waiting_since.map_or(paced, |since| since.elapsed());
         self.metrics.queue_wait.observe(queued.as_secs_f64());
         if !paced.is_zero() {
+            lane.paced_total.fetch_add(1, Ordering::Relaxed);
             self.metrics.paced.inc();
             self.metrics.pace_wait.observe(paced.as_secs_f64());
         }
@@ -277,10 +305,10 @@ impl Flow {
     /// `deadline`: a request that has waited its whole `queue_timeout` goes out anyway and meets
     /// Shoptet's verdict (a GET is then retried after Shoptet's `Retry-After`). Returns the time
     /// waited.
-    async fn pace(lane: &Lane, reserve: f64, deadline: tokio::time::Instant) -> Duration {
-        // Not `arrived`: a slow request body may lie between, and the model must not go back
-        // in time.
-        let start = tokio::time::Instant::now();
+    async fn pace(lane: &Lane, reserve: f64, deadline: Instant) -> Duration {
+        // Read again rather than taken from admission: the wait for a slot may lie between, and
+        // the model must not go back in time.
+        let start = Instant::now();
         let mut now = start;
         loop {
             // Registered before the check, so an answer landing in between still wakes us.
@@ -298,7 +326,7 @@ impl Flow {
                 _ = tokio::time::sleep_until((now + wait).min(deadline)) => {}
                 _ = answered => {}
             }
-            now = tokio::time::Instant::now();
+            now = Instant::now();
         }
     }
 }
@@ -333,12 +361,7 @@ impl Permit {
     }
 
     /// The upstream answer's head arrived (at `now`): learn the bucket level from it.
-    pub fn answered(
-        &mut self,
-        status: http::StatusCode,
-        headers: &http::HeaderMap,
-        now: tokio::time::Instant,
-    ) {
+    pub fn answered(&mut self, status: http::StatusCode, headers: &http::HeaderMap, now: Instant) {
         let filling = headers
             .get(&BUCKET_FILLING)
             .and_then(|v| bucket::parse_filling(v.as_bytes()));
@@ -365,7 +388,7 @@ impl Drop for Permit {
         self.metrics.in_flight.dec();
         let lane = self.owner.as_ref().as_ref();
         if self.awaiting_answer {
-            lock(&lane.bucket).answered(tokio::time::Instant::now(), None);
+            lock(&lane.bucket).answered(Instant::now(), None);
             lane.answers.notify_waiters();
         }
         lane.slots.release();
@@ -406,11 +429,7 @@ mod tests {
 
     /// Runs one request through `flow` whose answer reports `filling` (and `status`).
     async fn answer(flow: &Flow, e: &Arc<Eshop>, status: StatusCode, filling: &'static str) {
-        let mut permit = flow
-            .admit(e, Instant::now())
-            .await
-            .expect("admitted")
-            .permit;
+        let mut permit = flow.admit(e).await.expect("admitted").permit;
         permit.sending();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -423,7 +442,7 @@ mod tests {
                 HeaderValue::from_static("Mon, 01 Jul 2024 12:01:11 GMT"),
             );
         }
-        permit.answered(status, &headers, tokio::time::Instant::now());
+        permit.answered(status, &headers, Instant::now());
     }
 
     #[tokio::test]
@@ -432,11 +451,7 @@ mod tests {
         let flow = flow(Duration::from_secs(30), Some(10.0));
         // 188 + 3 × cost 1 > 190: room for two requests now, the third waits 0.1 s of drain.
         answer(&flow, &e, StatusCode::OK, "188/200").await;
-        let (a, b, c) = tokio::join!(
-            flow.admit(&e, Instant::now()),
-            flow.admit(&e, Instant::now()),
-            flow.admit(&e, Instant::now()),
-        );
+        let (a, b, c) = tokio::join!(flow.admit(&e), flow.admit(&e), flow.admit(&e),);
         let mut paced: Vec<Duration> = [a, b, c]
             .into_iter()
             .map(|r| r.expect("admitted").paced)
@@ -457,10 +472,7 @@ mod tests {
         answer(&flow, &e, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
         assert_eq!(flow.metrics.bucket_429.get(), 1);
         // A full bucket needs 1.1 s to reach 190 − 1; the queue timeout is 0.3 s.
-        let admission = flow
-            .admit(&e, Instant::now())
-            .await
-            .expect("sent at the deadline");
+        let admission = flow.admit(&e).await.expect("sent at the deadline");
         // Released at the deadline, not after the 1.1 s the drain needs.
         assert!(
             admission.paced >= Duration::from_millis(250)
@@ -476,16 +488,11 @@ mod tests {
         let flow = flow(Duration::from_secs(30), Some(10.0));
         let mut held = Vec::new();
         for _ in 0..2 {
-            held.push(
-                flow.admit(&e, Instant::now())
-                    .await
-                    .expect("admitted")
-                    .permit,
-            );
+            held.push(flow.admit(&e).await.expect("admitted").permit);
         }
         // 195 + 3 × cost 1 − 190: the drain alone would take 0.8 s.
         answer(&flow, &e, StatusCode::OK, "195/200").await;
-        let waiter = flow.admit(&e, Instant::now());
+        let waiter = flow.admit(&e);
         tokio::pin!(waiter);
         assert!(
             tokio::time::timeout(Duration::from_millis(20), &mut waiter)
@@ -509,7 +516,7 @@ mod tests {
             "x-ratelimit-bucket-filling",
             HeaderValue::from_static(filling),
         );
-        permit.answered(StatusCode::OK, &headers, tokio::time::Instant::now());
+        permit.answered(StatusCode::OK, &headers, Instant::now());
     }
 
     #[test]
@@ -545,7 +552,7 @@ mod tests {
         let e = eshop();
         let flow = flow(Duration::from_secs(30), None);
         answer(&flow, &e, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
-        let admission = flow.admit(&e, Instant::now()).await.expect("admitted");
+        let admission = flow.admit(&e).await.expect("admitted");
         assert_eq!(admission.paced, Duration::ZERO);
     }
 }

@@ -137,7 +137,6 @@ impl Public {
     }
 
     async fn install(&self, req: Request<Incoming>) -> Result<Response<PublicBody>, ProxyError> {
-        let deadline = Instant::now() + INSTALL_BUDGET;
         let code = req
             .uri()
             .query()
@@ -150,72 +149,23 @@ impl Public {
             .ok_or(ProxyError::BadRequest(
                 "the code query parameter is missing",
             ))?;
-        let grant =
-            match tokio::time::timeout(EXCHANGE_BUDGET, self.oauth.exchange_code(&code)).await {
-                Ok(Ok(g)) => g,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "installation: code exchange failed");
-                    return Err(ProxyError::InstallFailed);
-                }
-                Err(_) => {
-                    tracing::warn!("installation: the OAuth server did not answer in time");
-                    return Err(ProxyError::InstallFailed);
-                }
-            };
-        let eshop_id = grant.eshop_id;
-        let new = NewInstallation {
-            eshop_id,
-            eshop_url: grant.eshop_url.clone(),
-            contact_email: grant.contact_email.clone(),
-            oauth_token: grant.oauth_token,
-        };
-        if let Err(e) = self.store.upsert_installation(&new, None).await {
-            tracing::error!(eshop_id, error = %e, "installation: store failed");
-            return Err(ProxyError::InstallFailed);
-        }
-        let tokens = &self.proxy.tokens;
-        tokens.forget(eshop_id);
-        // The key lets the proxy verify this e-shop's webhooks. Without it the installation still
-        // works for API calls, so a slow or failing renewal does not fail the installation. The
-        // renewal runs as a task of its own: Shoptet issues the key once the request reaches it,
-        // so a renewal that outlasts the install answer must still store the key it brings back.
-        let (store, proxy) = (self.store.clone(), self.proxy.clone());
-        let renewal = tokio::spawn(async move {
-            install::renew_signature_key(&store, &proxy, eshop_id).await;
-        });
-        if tokio::time::timeout_at(deadline, renewal).await.is_err() {
-            tracing::warn!(
-                eshop_id,
-                "installation: signature key not obtained in time; still waiting for it"
-            );
-        }
-        if self.settings.load().deliver_events {
-            let event = serde_json::json!({
-                "event": "installed",
-                "eshopId": eshop_id,
-                "eshopUrl": grant.eshop_url,
-                "contactEmail": grant.contact_email,
-            });
-            match self
-                .store
-                .outbox_push(
-                    OutboxKind::Event,
-                    Some(eshop_id),
-                    event.to_string().as_bytes(),
-                )
-                .await
-            {
-                Ok(_) => self.outbox.notify_one(),
-                Err(e) => {
-                    tracing::error!(eshop_id, error = %e, "installation: cannot queue the installed event")
-                }
-            }
-        }
-        tracing::info!(eshop_id, "installed");
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({"eshopId": eshop_id, "status": "installed"}),
-        ))
+        // Shoptet's code is good once: an exchange abandoned half-way (the caller gave up, hyper
+        // dropped this future) would lose the OAuth token Shoptet issued for it. The rest of the
+        // installation runs to the end in a task of its own, whoever still waits for it.
+        let installing = tokio::spawn(complete_install(
+            Installer {
+                store: self.store.clone(),
+                oauth: self.oauth.clone(),
+                proxy: self.proxy.clone(),
+                outbox: self.outbox.clone(),
+                deliver_events: self.settings.load().deliver_events,
+            },
+            code,
+        ));
+        installing.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "installation task failed");
+            Err(ProxyError::Internal("the installation task failed"))
+        })
     }
 
     async fn webhook(&self, req: Request<Incoming>) -> Result<Response<PublicBody>, ProxyError> {
@@ -344,6 +294,86 @@ pub fn tls_acceptor(
     key_file: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor, String> {
     super::tls::Certificate::load(cert_file, key_file)?.acceptor()
+}
+
+/// What finishing an installation reaches, owned so it can run as a task of its own.
+struct Installer {
+    store: Store,
+    oauth: Arc<OAuthClient>,
+    proxy: Arc<Proxy>,
+    outbox: Arc<Notify>,
+    deliver_events: bool,
+}
+
+/// Exchanges `code`, stores the installation, obtains the signature key (waiting for it within
+/// the install budget) and queues the "installed" event.
+async fn complete_install(i: Installer, code: String) -> Result<Response<PublicBody>, ProxyError> {
+    let deadline = Instant::now() + INSTALL_BUDGET;
+    let grant = match tokio::time::timeout(EXCHANGE_BUDGET, i.oauth.exchange_code(&code)).await {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "installation: code exchange failed");
+            return Err(ProxyError::InstallFailed);
+        }
+        Err(_) => {
+            tracing::warn!("installation: the OAuth server did not answer in time");
+            return Err(ProxyError::InstallFailed);
+        }
+    };
+    let eshop_id = grant.eshop_id;
+    let new = NewInstallation {
+        eshop_id,
+        eshop_url: grant.eshop_url.clone(),
+        contact_email: grant.contact_email.clone(),
+        oauth_token: grant.oauth_token,
+    };
+    if let Err(e) = i.store.upsert_installation(&new, None).await {
+        tracing::error!(eshop_id, error = %e, "installation: store failed");
+        return Err(ProxyError::InstallFailed);
+    }
+    let tokens = &i.proxy.tokens;
+    tokens.forget(eshop_id);
+    // The key lets the proxy verify this e-shop's webhooks. Without it the installation still
+    // works for API calls, so a slow or failing renewal does not fail the installation. The
+    // renewal runs as a task of its own: Shoptet issues the key once the request reaches it,
+    // so a renewal that outlasts the install answer must still store the key it brings back.
+    let (store, proxy) = (i.store.clone(), i.proxy.clone());
+    let renewal = tokio::spawn(async move {
+        install::renew_signature_key(&store, &proxy, eshop_id).await;
+    });
+    if tokio::time::timeout_at(deadline, renewal).await.is_err() {
+        tracing::warn!(
+            eshop_id,
+            "installation: signature key not obtained in time; still waiting for it"
+        );
+    }
+    if i.deliver_events {
+        let event = serde_json::json!({
+            "event": "installed",
+            "eshopId": eshop_id,
+            "eshopUrl": grant.eshop_url,
+            "contactEmail": grant.contact_email,
+        });
+        match i
+            .store
+            .outbox_push(
+                OutboxKind::Event,
+                Some(eshop_id),
+                event.to_string().as_bytes(),
+            )
+            .await
+        {
+            Ok(_) => i.outbox.notify_one(),
+            Err(e) => {
+                tracing::error!(eshop_id, error = %e, "installation: cannot queue the installed event")
+            }
+        }
+    }
+    tracing::info!(eshop_id, "installed");
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"eshopId": eshop_id, "status": "installed"}),
+    ))
 }
 
 #[cfg(test)]

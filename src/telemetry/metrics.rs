@@ -254,6 +254,26 @@ impl Metrics {
             .inc();
     }
 
+    /// A one-label counter family's series as (label value, count), in label order: what the
+    /// status pages show of `token_fetches` and `proxy_errors`.
+    pub fn by_label(family: &IntCounterVec) -> Vec<(String, u64)> {
+        use prometheus::core::Collector;
+        let mut out: Vec<(String, u64)> = family
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| {
+                let label = m.get_label().first().map(|l| l.value().to_owned());
+                (
+                    label.unwrap_or_default(),
+                    m.get_counter().get_value() as u64,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let dropped = super::logging::dropped_lines();
