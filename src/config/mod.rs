@@ -102,6 +102,9 @@ pub struct Proxy {
     pub client_keys_file: Option<PathBuf>,
     /// Loaded from `client_keys_file`; empty means clients need not authenticate.
     pub client_keys: Vec<Secret>,
+    /// Both set: the proxy listener speaks TLS (SPEC B1).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +128,10 @@ pub struct Addon {
     pub settings_session_ttl: Duration,
     /// CSP `frame-ancestors` sources allowed besides the e-shop's own and Shoptet's.
     pub settings_frame_ancestors: Vec<String>,
+    pub signing_key_file: Option<PathBuf>,
+    /// Loaded from `signing_key_file`; signs every delivery to the addon (SPEC B5). `None`:
+    /// deliveries go unsigned.
+    pub signing_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -287,6 +294,10 @@ struct RawProxy {
     shutdown_timeout: String,
     #[serde(deserialize_with = "text")]
     client_keys_file: String,
+    #[serde(deserialize_with = "text")]
+    tls_cert_file: String,
+    #[serde(deserialize_with = "text")]
+    tls_key_file: String,
 }
 
 impl Default for RawProxy {
@@ -307,6 +318,8 @@ impl Default for RawProxy {
             bucket_reserve: 10,
             shutdown_timeout: "30s".into(),
             client_keys_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -357,6 +370,7 @@ struct RawAddon {
     settings_session_ttl: String,
     #[serde(deserialize_with = "text_list")]
     settings_frame_ancestors: Vec<String>,
+    signing_key_file: String,
 }
 
 impl Default for RawAddon {
@@ -368,6 +382,7 @@ impl Default for RawAddon {
             settings_url: String::new(),
             settings_session_ttl: "1h".into(),
             settings_frame_ancestors: Vec::new(),
+            signing_key_file: String::new(),
         }
     }
 }
@@ -732,6 +747,8 @@ impl Validator<'_> {
             Some(path) => self.read_client_keys(path)?,
             None => Vec::new(),
         };
+        let (tls_cert_file, tls_key_file) =
+            self.tls_files("proxy", &raw.tls_cert_file, &raw.tls_key_file)?;
         let eshop_header =
             http::HeaderName::from_bytes(raw.eshop_header.as_bytes()).map_err(|_| {
                 self.err(
@@ -759,7 +776,32 @@ impl Validator<'_> {
             shutdown_timeout: self.duration("proxy.shutdown_timeout", &raw.shutdown_timeout)?,
             client_keys_file,
             client_keys,
+            tls_cert_file,
+            tls_key_file,
         })
+    }
+
+    /// `tls_cert_file`/`tls_key_file` of `section`: both or neither.
+    fn tls_files(
+        &self,
+        section: &str,
+        cert: &str,
+        key: &str,
+    ) -> Result<(Option<PathBuf>, Option<PathBuf>), ConfigError> {
+        let cert = non_empty(cert).map(|p| self.secret_path(p));
+        let key = non_empty(key).map(|p| self.secret_path(p));
+        let missing = match (&cert, &key) {
+            (Some(_), None) => ("tls_key_file", "tls_cert_file"),
+            (None, Some(_)) => ("tls_cert_file", "tls_key_file"),
+            _ => return Ok((cert, key)),
+        };
+        Err(self.err(
+            &format!("{section}.{}", missing.0),
+            format!(
+                "is empty but {section}.{} is set; TLS needs both",
+                missing.1
+            ),
+        ))
     }
 
     fn public(&self, raw: RawPublic) -> Result<Public, ConfigError> {
@@ -767,23 +809,8 @@ impl Validator<'_> {
             Some(addr) => Some(self.socket_addr("public.listen", addr)?),
             None => None,
         };
-        let tls_cert_file = non_empty(&raw.tls_cert_file).map(|p| self.secret_path(p));
-        let tls_key_file = non_empty(&raw.tls_key_file).map(|p| self.secret_path(p));
-        match (&tls_cert_file, &tls_key_file) {
-            (Some(_), None) => {
-                return Err(self.err(
-                    "public.tls_key_file",
-                    "is empty but public.tls_cert_file is set; TLS needs both",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(self.err(
-                    "public.tls_cert_file",
-                    "is empty but public.tls_key_file is set; TLS needs both",
-                ))
-            }
-            _ => {}
-        }
+        let (tls_cert_file, tls_key_file) =
+            self.tls_files("public", &raw.tls_cert_file, &raw.tls_key_file)?;
         Ok(Public {
             listen,
             tls_cert_file,
@@ -795,6 +822,11 @@ impl Validator<'_> {
     }
 
     fn addon(&self, raw: RawAddon) -> Result<Addon, ConfigError> {
+        let signing_key_file = non_empty(&raw.signing_key_file).map(|p| self.secret_path(p));
+        let signing_key = match &signing_key_file {
+            Some(path) => Some(self.read_secret_file("addon.signing_key_file", path)?),
+            None => None,
+        };
         let optional_url = |key: &str, value: &str| match non_empty(value) {
             Some(v) => self.http_url(key, v).map(Some),
             None => Ok(None),
@@ -807,6 +839,8 @@ impl Validator<'_> {
             settings_session_ttl: self
                 .positive_duration("addon.settings_session_ttl", &raw.settings_session_ttl)?,
             settings_frame_ancestors: self.frame_ancestors(&raw.settings_frame_ancestors)?,
+            signing_key,
+            signing_key_file,
         })
     }
 
@@ -1099,6 +1133,8 @@ struct ProxyView {
     shutdown_timeout: String,
     client_keys_file: String,
     client_keys: Vec<&'static str>,
+    tls_cert_file: String,
+    tls_key_file: String,
 }
 
 #[derive(Serialize)]
@@ -1119,6 +1155,9 @@ struct AddonView {
     settings_url: String,
     settings_session_ttl: String,
     settings_frame_ancestors: Vec<String>,
+    /// Only the path: the key itself is not a config key, and a redacted line for it would not
+    /// load back.
+    signing_key_file: String,
 }
 
 #[derive(Serialize)]
@@ -1208,6 +1247,8 @@ impl From<&Config> for RedactedView {
                 shutdown_timeout: show_duration(c.proxy.shutdown_timeout),
                 client_keys_file: show_path(&c.proxy.client_keys_file),
                 client_keys: c.proxy.client_keys.iter().map(|_| REDACTED).collect(),
+                tls_cert_file: show_path(&c.proxy.tls_cert_file),
+                tls_key_file: show_path(&c.proxy.tls_key_file),
             },
             public: PublicView {
                 listen: show_opt(&c.public.listen),
@@ -1224,6 +1265,7 @@ impl From<&Config> for RedactedView {
                 settings_url: show_opt(&c.addon.settings_url),
                 settings_session_ttl: show_duration(c.addon.settings_session_ttl),
                 settings_frame_ancestors: c.addon.settings_frame_ancestors.clone(),
+                signing_key_file: show_path(&c.addon.signing_key_file),
             },
             admin: AdminView {
                 listen: c.admin.listen.to_string(),
@@ -1452,6 +1494,7 @@ mod tests {
         let creds = tempfile::tempdir().expect("tempdir");
         std::fs::write(creds.path().join("client-secret"), "s3cret-value\n").unwrap();
         std::fs::write(creds.path().join("admin-token"), "admin-tok\r\n").unwrap();
+        std::fs::write(creds.path().join("signing-key"), "addon-signing key\n").unwrap();
         std::fs::write(
             creds.path().join("keys"),
             "# addon keys\n\nkey-one\n  key-two  \n",
@@ -1467,6 +1510,8 @@ mod tests {
             token_file = "admin-token"
             [proxy]
             client_keys_file = "keys"
+            [addon]
+            signing_key_file = "signing-key"
             [store]
             previous_key_files = ["old.key"]
             "#,
@@ -1481,6 +1526,11 @@ mod tests {
             Some("admin-tok")
         );
         assert_eq!(c.admin.token_file, Some(creds.path().join("admin-token")));
+        assert_eq!(
+            c.addon.signing_key.as_ref().map(Secret::expose),
+            Some("addon-signing key"),
+            "the file's content without its trailing newline, inner spaces kept"
+        );
         assert_eq!(c.shoptet.ca_file, Some(creds.path().join("ca.pem")));
         let keys: Vec<&str> = c.proxy.client_keys.iter().map(Secret::expose).collect();
         assert_eq!(keys, ["key-one", "key-two"]);
@@ -1667,6 +1717,8 @@ mod tests {
         assert_mentions(&message, &["public.tls_key_file", "tls_cert_file"]);
         let message = load_err("[public]\ntls_key_file = \"key.pem\"\n", &[]);
         assert_mentions(&message, &["public.tls_cert_file", "tls_key_file"]);
+        let message = load_err("[proxy]\ntls_cert_file = \"cert.pem\"\n", &[]);
+        assert_mentions(&message, &["proxy.tls_key_file", "tls_cert_file"]);
     }
 
     #[test]
