@@ -40,6 +40,13 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Serialises as `<redacted>` too, so a secret in anything printed (check-config) stays hidden.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

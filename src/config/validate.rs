@@ -1,0 +1,146 @@
+//! What deserialising one value cannot check: rules across keys (a secret inline or in a file,
+//! not both; TLS certificate and key together), file names resolved in systemd's
+//! `$CREDENTIALS_DIRECTORY`, and secret files read into the fields they fill.
+
+use std::path::{Path, PathBuf};
+
+use figment::{Figment, Metadata, Profile};
+
+use super::{Config, ConfigError, Secret, ENV_METADATA_NAME};
+
+pub(super) struct Validator<'a> {
+    pub figment: &'a Figment,
+    pub credentials_dir: Option<PathBuf>,
+}
+
+/// Where a value came from, as appended to an error: ` (in ./config.toml)` or
+/// ` (from environment variable SHOPTET_PROXY_...)`; empty for a built-in default.
+pub(super) fn origin(md: Option<&Metadata>, path: &[&str]) -> String {
+    match md {
+        Some(md) if md.name == ENV_METADATA_NAME => format!(
+            " (from environment variable {})",
+            md.interpolate(&Profile::Default, path)
+        ),
+        Some(md) => match &md.source {
+            Some(source) => format!(" (in {source})"),
+            None => String::new(),
+        },
+        None => String::new(),
+    }
+}
+
+impl Validator<'_> {
+    pub fn validate(&self, mut c: Config) -> Result<Config, ConfigError> {
+        let s = &mut c.shoptet;
+        self.resolve(&mut s.client_secret_file);
+        match (&s.client_secret, &s.client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    "shoptet.client_secret",
+                    "set either client_secret or client_secret_file, not both",
+                ))
+            }
+            (None, Some(path)) => {
+                s.client_secret = Some(self.read_secret_file("shoptet.client_secret_file", path)?)
+            }
+            _ => {}
+        }
+        self.resolve(&mut s.ca_file);
+
+        let p = &mut c.proxy;
+        self.resolve(&mut p.client_keys_file);
+        if let Some(path) = &p.client_keys_file {
+            p.client_keys = self.read_client_keys(path)?;
+        }
+
+        let p = &mut c.public;
+        self.resolve(&mut p.tls_cert_file);
+        self.resolve(&mut p.tls_key_file);
+        match (&p.tls_cert_file, &p.tls_key_file) {
+            (Some(_), None) => {
+                return Err(self.err(
+                    "public.tls_key_file",
+                    "is empty but public.tls_cert_file is set; TLS needs both",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    "public.tls_cert_file",
+                    "is empty but public.tls_key_file is set; TLS needs both",
+                ))
+            }
+            _ => {}
+        }
+
+        let a = &mut c.admin;
+        self.resolve(&mut a.token_file);
+        if let Some(path) = &a.token_file {
+            a.token = Some(self.read_secret_file("admin.token_file", path)?);
+        }
+
+        let s = &mut c.store;
+        self.resolve(&mut s.key_file);
+        for path in &mut s.previous_key_files {
+            *path = self.secret_path(path);
+        }
+        Ok(c)
+    }
+
+    /// Builds an error for `key`, adding where the value came from (file or environment).
+    fn err(&self, key: &str, message: impl std::fmt::Display) -> ConfigError {
+        let path: Vec<&str> = key.split('.').collect();
+        let origin = origin(self.figment.find_metadata(key), &path);
+        ConfigError::invalid(key, format!("{message}{origin}"))
+    }
+
+    /// Relative names in `*_file` keys live in systemd's `$CREDENTIALS_DIRECTORY` when it is set
+    /// (`LoadCredential=`), else in the working directory. One rule for every such key, the CA
+    /// file included, so a unit can hand any of them over the same way.
+    fn secret_path(&self, path: &Path) -> PathBuf {
+        match &self.credentials_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    fn resolve(&self, path: &mut Option<PathBuf>) {
+        if let Some(p) = path {
+            *p = self.secret_path(p);
+        }
+    }
+
+    fn read_file(&self, key: &str, path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))
+    }
+
+    fn read_secret_file(&self, key: &str, path: &Path) -> Result<Secret, ConfigError> {
+        let contents = self.read_file(key, path)?;
+        let value = contents.trim_end_matches(['\r', '\n']);
+        if value.is_empty() {
+            return Err(self.err(key, format!("{} is empty", path.display())));
+        }
+        Ok(Secret::new(value))
+    }
+
+    fn read_client_keys(&self, path: &Path) -> Result<Vec<Secret>, ConfigError> {
+        let key = "proxy.client_keys_file";
+        let keys: Vec<Secret> = self
+            .read_file(key, path)?
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(Secret::new)
+            .collect();
+        if keys.is_empty() {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} holds no keys (clear client_keys_file to turn client authentication off)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(keys)
+    }
+}
