@@ -59,6 +59,12 @@ mod tests {
     }
 
     #[test]
+    fn serialising_never_shows_the_value() {
+        let s = Secret::new("hunter2-oauth");
+        assert_eq!(serde_json::to_string(&[s]).unwrap(), r#"["<redacted>"]"#);
+    }
+
+    #[test]
     fn ct_eq_matches_only_the_exact_value() {
         let s = Secret::new("abc");
         assert!(s.ct_eq(b"abc"));
