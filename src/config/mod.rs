@@ -1,29 +1,36 @@
 //! Configuration: built-in defaults < TOML file < `SHOPTET_PROXY_<SECTION>__<KEY>` environment.
 //!
-//! Every key is declared once: a field of its section in [`sections`], with its serde
+//! Every key is declared once: a field of its section in `sections.rs`, with its serde
 //! attributes, and its default in that section's `Default` impl. figment merges the layers and
 //! deserialises straight into those sections (`deny_unknown_fields`, so a misspelt key fails
-//! loudly instead of silently keeping a default); `deserialize_with` parsers ([`parse`]) turn
+//! loudly instead of silently keeping a default); `deserialize_with` parsers (`parse.rs`) turn
 //! strings into typed values there, so figment's error names the key, the value and its origin.
-//! [`validate`] then applies the rules that span keys and reads secret files, so every consumer
+//! `validate.rs` then applies the rules that span keys and reads secret files, so every consumer
 //! gets a [`Config`] that is already known good. check-config serialises the same sections
-//! ([`show`]), every secret printed as `<redacted>`. Secret values never leave this module except
+//! (`show.rs`), every secret printed as `<redacted>`. Secret values never leave this module except
 //! through [`Secret`].
 //!
 //! Adding a key (e.g. `[addon] settings_session_ttl = "1h"`):
 //! 1. add the field to its section in `sections.rs`, with the parser and printer its type needs:
-//!    - plain `bool`, integers, `f64`: no attribute (serde's own errors name the key);
-//!    - free text: `deserialize_with = "parse::text"` (numbers in the environment stay text);
+//!    - `bool`, integers, `f64`: no attribute (serde's own errors name the key);
+//!    - free text: `deserialize_with = "parse::text"` (a number in the environment stays text);
 //!    - durations: `deserialize_with = "parse::duration"` (or `positive_duration`),
 //!      `serialize_with = "show::duration"`;
-//!    - optional URL / address / file: `parse::opt_http_url` / `opt_socket_addr` / `opt_path`
-//!      with `show::opt` (`show::opt_path` for paths); `""` means unset;
-//!    - lists of strings or networks: `parse::text_list` / `parse::cidrs` (`show::displays`);
-//!    - a secret read from a `*_file` key: the `_file` key as `Option<PathBuf>` plus the secret as
-//!      `#[serde(skip_deserializing, serialize_with = "show::opt")] Option<Secret>`, filled in
-//!      `validate.rs`; every relative `*_file` path is resolved there too;
-//! 2. add its default to the section's `Default` impl, and the key with that default and a
-//!    comment to the reference `config.toml` (a test checks that it loads to the defaults).
+//!    - a URL / listen address (optional: `""` means unset): `parse::http_url` /
+//!      `socket_addr` with `show::display`, or `parse::opt_http_url` / `opt_socket_addr` with
+//!      `show::opt`; a file name: `parse::opt_path` with `show::opt_path`;
+//!    - lists: `parse::text_list` for strings, `parse::cidrs` with `show::displays` for networks;
+//!    - a secret in a file: the `*_file` key as above plus a field
+//!      `#[serde(skip_deserializing, serialize_with = "show::opt")] Option<Secret>` that
+//!      `validate.rs` fills with `Validator::secret_file` (and both names in the secret lists
+//!      of the check-config tests in `tests.rs`); every other `*_file` path is resolved there
+//!      with `Validator::resolve` (TLS pairs: `Validator::tls_pair`);
+//! 2. add its default to the section's `Default` impl;
+//! 3. add the key with its default and a comment to the reference `config.toml`, and a value
+//!    other than the default to the config of
+//!    `tests::redacted_output_of_a_config_with_every_key_changed_loads_back_to_it` (tests check
+//!    that config.toml holds exactly the printed keys and loads to the defaults, and that every
+//!    key's printed value reads back).
 //!
 //! A new section is a struct like the others plus a field of [`Config`].
 

@@ -32,18 +32,16 @@ pub(super) fn origin(md: Option<&Metadata>, path: &[&str]) -> String {
 impl Validator<'_> {
     pub fn validate(&self, mut c: Config) -> Result<Config, ConfigError> {
         let s = &mut c.shoptet;
-        self.resolve(&mut s.client_secret_file);
-        match (&s.client_secret, &s.client_secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(self.err(
-                    "shoptet.client_secret",
-                    "set either client_secret or client_secret_file, not both",
-                ))
-            }
-            (None, Some(path)) => {
-                s.client_secret = Some(self.read_secret_file("shoptet.client_secret_file", path)?)
-            }
-            _ => {}
+        if s.client_secret.is_some() && s.client_secret_file.is_some() {
+            return Err(self.err(
+                "shoptet.client_secret",
+                "set either client_secret or client_secret_file, not both",
+            ));
+        }
+        if let Some(secret) =
+            self.secret_file("shoptet.client_secret_file", &mut s.client_secret_file)?
+        {
+            s.client_secret = Some(secret);
         }
         self.resolve(&mut s.ca_file);
 
@@ -54,29 +52,10 @@ impl Validator<'_> {
         }
 
         let p = &mut c.public;
-        self.resolve(&mut p.tls_cert_file);
-        self.resolve(&mut p.tls_key_file);
-        match (&p.tls_cert_file, &p.tls_key_file) {
-            (Some(_), None) => {
-                return Err(self.err(
-                    "public.tls_key_file",
-                    "is empty but public.tls_cert_file is set; TLS needs both",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(self.err(
-                    "public.tls_cert_file",
-                    "is empty but public.tls_key_file is set; TLS needs both",
-                ))
-            }
-            _ => {}
-        }
+        self.tls_pair("public", &mut p.tls_cert_file, &mut p.tls_key_file)?;
 
         let a = &mut c.admin;
-        self.resolve(&mut a.token_file);
-        if let Some(path) = &a.token_file {
-            a.token = Some(self.read_secret_file("admin.token_file", path)?);
-        }
+        a.token = self.secret_file("admin.token_file", &mut a.token_file)?;
 
         let s = &mut c.store;
         self.resolve(&mut s.key_file);
@@ -84,6 +63,38 @@ impl Validator<'_> {
             *path = self.secret_path(path);
         }
         Ok(c)
+    }
+
+    /// Resolves the `*_file` key `key` and reads the secret it names; `None` when it is unset.
+    fn secret_file(
+        &self,
+        key: &str,
+        file: &mut Option<PathBuf>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        self.resolve(file);
+        file.as_deref()
+            .map(|path| self.read_secret_file(key, path))
+            .transpose()
+    }
+
+    /// Resolves a listener's `tls_cert_file` and `tls_key_file`, which are set both or neither.
+    fn tls_pair(
+        &self,
+        section: &str,
+        cert: &mut Option<PathBuf>,
+        key: &mut Option<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        self.resolve(cert);
+        self.resolve(key);
+        let (missing, set) = match (&cert, &key) {
+            (Some(_), None) => ("tls_key_file", "tls_cert_file"),
+            (None, Some(_)) => ("tls_cert_file", "tls_key_file"),
+            _ => return Ok(()),
+        };
+        Err(self.err(
+            &format!("{section}.{missing}"),
+            format!("is empty but {section}.{set} is set; TLS needs both"),
+        ))
     }
 
     /// Builds an error for `key`, adding where the value came from (file or environment).
