@@ -65,6 +65,7 @@ fn token_lookup(c: &mut Criterion) {
         let cfg = TokenConfig {
             refresh_margin: Duration::from_secs(300),
             backoff_max: Duration::from_secs(60),
+            status_recheck: shoptet_proxy::state::tokens::STATUS_RECHECK,
         };
         Arc::new(TokenCache::offline(eshops.clone(), store, cfg).expect("cache"))
     });

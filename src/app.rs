@@ -2,24 +2,32 @@
 //!
 //! Everything that can fail on bad configuration (TLS files, CA file, store, key) fails here,
 //! before any port is bound. Tests and `demo` use [`start`] in-process with port 0 and read the
-//! bound addresses from [`Running`]; `serve` adds signals and systemd readiness around it.
+//! bound addresses from [`Running`]; `serve` adds signals, systemd readiness and sockets
+//! passed by systemd around it.
+//!
+//! The listeners, the request path and the outbox get narrow handles whose reloadable parts sit
+//! behind `ArcSwap`s; the [`Reloader`] kept here builds new values from a reloaded [`Config`]
+//! (with the same functions that built the first ones) and stores them.
 
 use crate::config::Config;
 use crate::delivery::{Outbox, Targets};
 use crate::http::client;
 use crate::limits::flow::{Flow, FlowConfig};
+use crate::listeners::activation::Passed;
 use crate::listeners::admin::{Admin, Readiness};
 use crate::listeners::public::{Public, PublicSettings};
 use crate::listeners::server::{self, Shutdown};
+use crate::listeners::tls::Certificate;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::shoptet::oauth::OAuthClient;
+use crate::shoptet::oauth::{OAuthClient, Partner};
 use crate::state::eshops::Eshops;
 use crate::state::tokens::{TokenCache, TokenConfig};
 use crate::store::{Keyring, Store, StoreError};
 use crate::telemetry::metrics::Metrics;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::task::JoinSet;
@@ -57,6 +65,8 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub public_addr: Option<SocketAddr>,
+    /// Applies a reloaded configuration to the running listeners.
+    pub reloader: Reloader,
     /// The proxy and public listeners, the outbox worker and the status re-check.
     tasks: JoinSet<()>,
     /// The admin listener outlives the drain: `/readyz` answers 503 and `/metrics` stays
@@ -81,17 +91,25 @@ impl Running {
     }
 }
 
-/// Binds `addr` and reports the address actually bound (port 0 picks one).
+/// The socket systemd passed for `listener`, or else `addr` bound; and the address it listens
+/// on (port 0 picks one).
 async fn bind(
     listener: &'static str,
     addr: SocketAddr,
+    passed: &mut Passed,
 ) -> Result<(TcpListener, SocketAddr), StartError> {
     let failed = |source| StartError::Bind {
         listener,
         addr,
         source,
     };
-    let tcp = TcpListener::bind(addr).await.map_err(failed)?;
+    let tcp = match passed.take(listener).map_err(failed)? {
+        Some(tcp) => {
+            tracing::info!(listener, "using the socket systemd passed");
+            tcp
+        }
+        None => TcpListener::bind(addr).await.map_err(failed)?,
+    };
     let bound = tcp.local_addr().map_err(failed)?;
     Ok((tcp, bound))
 }
@@ -122,14 +140,15 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
     client::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let client = client::client(cfg.shoptet.ca_file.as_deref(), cfg.shoptet.connect_timeout)?;
+    let partner = partner(cfg);
     let oauth = Arc::new(
         OAuthClient::new(
             client.clone(),
             &cfg.shoptet.partner_url,
-            cfg.shoptet.client_id.clone(),
-            cfg.shoptet.client_secret.clone(),
-            cfg.shoptet.redirect_uri.clone(),
-            cfg.proxy.upstream_timeout,
+            partner.client_id,
+            partner.client_secret,
+            partner.redirect_uri,
+            partner.timeout,
         )
         .map_err(|e| StartError::Invalid {
             what: "shoptet.partner_url",
@@ -142,39 +161,11 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         store.clone(),
         oauth.clone(),
         metrics.clone(),
-        TokenConfig {
-            refresh_margin: cfg.proxy.refresh_margin,
-            backoff_max: cfg.proxy.token_backoff_max,
-        },
+        token_config(cfg),
     ));
-    let flow = Flow::new(
-        FlowConfig {
-            max_in_flight_per_eshop: cfg.proxy.max_in_flight_per_eshop,
-            max_in_flight: cfg.proxy.max_in_flight,
-            max_queue: cfg.proxy.max_queue,
-            queue_timeout: cfg.proxy.queue_timeout,
-            bucket_reserve: cfg
-                .proxy
-                .bucket_pacing
-                .then_some(f64::from(cfg.proxy.bucket_reserve)),
-        },
-        metrics.clone(),
-    );
+    let flow = Flow::new(flow_config(cfg), metrics.clone());
     let proxy = Arc::new(Proxy {
-        settings: ProxySettings {
-            api_base: cfg
-                .shoptet
-                .api_url
-                .as_str()
-                .trim_end_matches('/')
-                .to_owned(),
-            api_host: host_header(&cfg.shoptet.api_url)?,
-            eshop_header: cfg.proxy.eshop_header.clone(),
-            max_replay_body: cfg.proxy.max_replay_body,
-            max_retry_wait: cfg.proxy.max_retry_wait,
-            upstream_timeout: cfg.proxy.upstream_timeout,
-            client_keys: cfg.proxy.client_keys.clone(),
-        },
+        settings: ArcSwap::from_pointee(proxy_settings(cfg)?),
         client,
         eshops,
         tokens,
@@ -188,6 +179,82 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
     })
 }
 
+// What a reload may change, built from a configuration. `start` builds the first values with
+// these and the `Reloader` every later one, so both always agree.
+
+fn proxy_settings(cfg: &Config) -> Result<ProxySettings, StartError> {
+    Ok(ProxySettings {
+        api_base: cfg
+            .shoptet
+            .api_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned(),
+        api_host: host_header(&cfg.shoptet.api_url)?,
+        eshop_header: cfg.proxy.eshop_header.clone(),
+        max_replay_body: cfg.proxy.max_replay_body,
+        max_retry_wait: cfg.proxy.max_retry_wait,
+        upstream_timeout: cfg.proxy.upstream_timeout,
+        client_keys: cfg.proxy.client_keys.clone(),
+    })
+}
+
+fn flow_config(cfg: &Config) -> FlowConfig {
+    FlowConfig {
+        max_in_flight_per_eshop: cfg.proxy.max_in_flight_per_eshop,
+        max_in_flight: cfg.proxy.max_in_flight,
+        max_queue: cfg.proxy.max_queue,
+        queue_timeout: cfg.proxy.queue_timeout,
+        bucket_reserve: cfg
+            .proxy
+            .bucket_pacing
+            .then_some(f64::from(cfg.proxy.bucket_reserve)),
+    }
+}
+
+fn token_config(cfg: &Config) -> TokenConfig {
+    TokenConfig {
+        refresh_margin: cfg.proxy.refresh_margin,
+        backoff_max: cfg.proxy.token_backoff_max,
+        status_recheck: crate::state::tokens::STATUS_RECHECK,
+    }
+}
+
+fn partner(cfg: &Config) -> Partner {
+    Partner {
+        client_id: cfg.shoptet.client_id.clone(),
+        client_secret: cfg.shoptet.client_secret.clone(),
+        redirect_uri: cfg.shoptet.redirect_uri.clone(),
+        timeout: cfg.proxy.upstream_timeout,
+    }
+}
+
+fn public_settings(cfg: &Config) -> PublicSettings {
+    PublicSettings {
+        install_allow: cfg.public.install_allow.clone(),
+        webhook_allow: cfg.public.webhook_allow.clone(),
+        trusted_proxies: cfg.public.trusted_proxies.clone(),
+        deliver_events: cfg.addon.events_url.is_some(),
+        deliver_webhooks: cfg.addon.webhooks_url.is_some(),
+    }
+}
+
+fn targets(cfg: &Config) -> Targets {
+    Targets {
+        events_url: cfg.addon.events_url.clone(),
+        webhooks_url: cfg.addon.webhooks_url.clone(),
+        retry_max: cfg.addon.retry_max,
+    }
+}
+
+/// The public listener's reloadable certificate, when it has TLS.
+fn public_certificate(cfg: &Config) -> Result<Option<Arc<Certificate>>, String> {
+    match (&cfg.public.tls_cert_file, &cfg.public.tls_key_file) {
+        (Some(cert), Some(key)) => Certificate::load(cert, key).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Builds the application on an opened store and binds its listeners.
 pub async fn start(cfg: Config, store: Store) -> Result<Running, StartError> {
     start_with_limits(cfg, store, server::Limits::default()).await
@@ -199,33 +266,47 @@ pub async fn start_with_limits(
     store: Store,
     limits: server::Limits,
 ) -> Result<Running, StartError> {
+    start_with(cfg, store, limits, Passed::none()).await
+}
+
+/// [`start_with_limits`] on the sockets in `passed` where a listener's name is there.
+pub async fn start_with(
+    cfg: Config,
+    store: Store,
+    limits: server::Limits,
+    mut passed: Passed,
+) -> Result<Running, StartError> {
     let Core {
         metrics,
         oauth,
         proxy,
     } = core(&cfg, store.clone())?;
 
-    let public_tls = match (&cfg.public.tls_cert_file, &cfg.public.tls_key_file) {
-        (Some(cert), Some(key)) => Some(
-            crate::listeners::public::tls_acceptor(cert, key).map_err(|detail| {
-                StartError::Invalid {
-                    what: "public.tls_cert_file/tls_key_file",
-                    detail,
-                }
-            })?,
-        ),
-        _ => None,
+    let tls_invalid = |detail| StartError::Invalid {
+        what: "public.tls_cert_file/tls_key_file",
+        detail,
+    };
+    let public_cert = public_certificate(&cfg).map_err(tls_invalid)?;
+    let public_tls = match &public_cert {
+        Some(cert) => Some(cert.acceptor().map_err(tls_invalid)?),
+        None => None,
     };
 
-    let (proxy_listener, proxy_addr) = bind("proxy", cfg.proxy.listen).await?;
-    let (admin_listener, admin_addr) = bind("admin", cfg.admin.listen).await?;
+    let (proxy_listener, proxy_addr) = bind("proxy", cfg.proxy.listen, &mut passed).await?;
+    let (admin_listener, admin_addr) = bind("admin", cfg.admin.listen, &mut passed).await?;
     let (public_listener, public_addr) = match cfg.public.listen {
         Some(addr) => {
-            let (l, a) = bind("public", addr).await?;
+            let (l, a) = bind("public", addr, &mut passed).await?;
             (Some(l), Some(a))
         }
         None => (None, None),
     };
+    for name in passed.unused() {
+        tracing::warn!(
+            name,
+            "systemd passed a socket for a listener that is off; not serving on it"
+        );
+    }
 
     let drain = cfg.proxy.shutdown_timeout;
     let shutdown = Shutdown::new();
@@ -240,14 +321,15 @@ pub async fn start_with_limits(
     });
     let mut tasks = JoinSet::new();
     let admin_shutdown = Shutdown::new();
+    let admin_handle = Arc::new(Admin {
+        store: app.store.clone(),
+        proxy: app.proxy.clone(),
+        metrics: app.metrics.clone(),
+        token: arc_swap::ArcSwapOption::from(app.cfg.admin.token.clone().map(Arc::new)),
+        readiness: app.readiness.clone(),
+    });
     let admin = {
-        let admin = Arc::new(Admin {
-            store: app.store.clone(),
-            proxy: app.proxy.clone(),
-            metrics: app.metrics.clone(),
-            token: app.cfg.admin.token.clone(),
-            readiness: app.readiness.clone(),
-        });
+        let admin = admin_handle.clone();
         tokio::spawn(server::serve(
             admin_listener,
             None,
@@ -275,21 +357,17 @@ pub async fn start_with_limits(
         ));
     }
     let wake = Arc::new(tokio::sync::Notify::new());
+    let mut public_handle = None;
     if let Some(listener) = public_listener {
         let public = Arc::new(Public {
-            settings: PublicSettings {
-                install_allow: app.cfg.public.install_allow.clone(),
-                webhook_allow: app.cfg.public.webhook_allow.clone(),
-                trusted_proxies: app.cfg.public.trusted_proxies.clone(),
-                deliver_events: app.cfg.addon.events_url.is_some(),
-                deliver_webhooks: app.cfg.addon.webhooks_url.is_some(),
-            },
+            settings: ArcSwap::from_pointee(public_settings(&app.cfg)),
             store: app.store.clone(),
             oauth: app.oauth.clone(),
             proxy: app.proxy.clone(),
             metrics: app.metrics.clone(),
             outbox: wake.clone(),
         });
+        public_handle = Some(public.clone());
         tasks.spawn(server::serve(
             listener,
             public_tls,
@@ -302,18 +380,14 @@ pub async fn start_with_limits(
             limits,
         ));
     }
-    let outbox = Outbox {
-        targets: Targets {
-            events_url: app.cfg.addon.events_url.clone(),
-            webhooks_url: app.cfg.addon.webhooks_url.clone(),
-            retry_max: app.cfg.addon.retry_max,
-        },
+    let outbox = Arc::new(Outbox {
+        targets: ArcSwap::from_pointee(targets(&app.cfg)),
         store: app.store.clone(),
         client: client::client(None, app.cfg.shoptet.connect_timeout)?,
         metrics: app.metrics.clone(),
         shutdown: app.shutdown.clone(),
-    };
-    tasks.spawn(crate::delivery::run(Arc::new(outbox), wake));
+    });
+    tasks.spawn(crate::delivery::run(outbox.clone(), wake));
     {
         let app = app.clone();
         tasks.spawn(async move {
@@ -330,11 +404,22 @@ pub async fn start_with_limits(
         public_addr = public_addr.map(tracing::field::display),
         "listening"
     );
+    let reloader = Reloader {
+        running: Mutex::new(app.cfg.clone()),
+        proxy: app.proxy.clone(),
+        oauth: app.oauth.clone(),
+        admin: admin_handle,
+        public: public_handle,
+        public_cert,
+        outbox,
+        metrics: app.metrics.clone(),
+    };
     Ok(Running {
         app,
         proxy_addr,
         admin_addr,
         public_addr,
+        reloader,
         tasks,
         admin,
         admin_shutdown,
@@ -352,27 +437,53 @@ pub async fn open_store(cfg: &Config) -> Result<Store, StartError> {
     Ok(Store::open(&cfg.store.url, keys).await?)
 }
 
+/// SPEC B5: the store key must open the store. A restored backup with the wrong key file, or a
+/// key regenerated by mistake, would otherwise serve on and fail per e-shop at its first token;
+/// refusing at start names the keys so the operator can find the right file.
+async fn refuse_foreign_keys(store: &Store) -> Result<(), StartError> {
+    let foreign = store.foreign_key_ids().await?;
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::Invalid {
+        what: "store.key_file",
+        detail: format!(
+            "the store holds values sealed with key id(s) {} that neither key_file nor              previous_key_files provides (they have key id(s) {}); configure the key that sealed              the store, or add it to previous_key_files and run `store rekey`",
+            foreign.join(", "),
+            store.key_ids().join(", ")
+        ),
+    })
+}
+
 /// `shoptet-proxy serve`: runs until SIGTERM or SIGINT, then drains and returns. SIGHUP reloads
 /// the configuration from `config_path` (what `--config` named; `None` = `./config.toml`).
-pub async fn serve(cfg: Config, config_path: Option<&Path>) -> Result<(), StartError> {
+/// `passed` holds the sockets systemd passed (taken before the runtime started threads).
+pub async fn serve(
+    cfg: Config,
+    config_path: Option<&Path>,
+    passed: Passed,
+) -> Result<(), StartError> {
     // Installed first: a signal that arrives once the listeners are bound (and READY=1 is
     // sent) must start a drain, not kill the process with the default action.
     let mut term = signal(SignalKind::terminate());
     let mut int = signal(SignalKind::interrupt());
     let mut hangup = signal(SignalKind::hangup());
     let store = open_store(&cfg).await?;
-    let running = start(cfg, store).await?;
+    refuse_foreign_keys(&store).await?;
+    let running = start_with(cfg, store, server::Limits::default(), passed).await?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let shutdown = running.app.shutdown.clone();
-    let mut current = running.app.cfg.clone();
     loop {
         tokio::select! {
             _ = received(&mut term) => break,
             _ = received(&mut int) => break,
             _ = shutdown.wait() => break,
             _ = received(&mut hangup) => {
-                notify_systemd(&[sd_notify::NotifyState::Reloading]);
-                reload(&mut current, config_path);
+                // Type=notify-reload wants MONOTONIC_USEC with RELOADING=1; Type=notify ignores it.
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                notify_systemd(&reloading);
+                let _ = running.reloader.reload(config_path);
                 notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
         }
@@ -400,45 +511,152 @@ async fn received(signal: &mut Option<Signal>) {
     std::future::pending().await
 }
 
-/// Applies what can change at run time (the log level) and names, in the log, every section
-/// whose changes need a restart. An invalid file changes nothing.
-fn reload(current: &mut Config, config_path: Option<&Path>) {
-    let new = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "reload: the configuration is invalid; nothing changed");
-            return;
-        }
-    };
-    if new.log.level != current.log.level {
-        match crate::telemetry::logging::set_level(&new.log.level) {
+/// Applies a reloaded configuration (SPEC B7 "Reload") to the running listeners, request path
+/// and outbox. Keeps the configuration in effect, whose restart-only values stay those the
+/// process started with.
+pub struct Reloader {
+    running: Mutex<Config>,
+    proxy: Arc<Proxy>,
+    oauth: Arc<OAuthClient>,
+    admin: Arc<Admin>,
+    public: Option<Arc<Public>>,
+    public_cert: Option<Arc<Certificate>>,
+    outbox: Arc<Outbox>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the configuration is invalid: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{what}: {detail}")]
+    Invalid { what: &'static str, detail: String },
+}
+
+impl Reloader {
+    /// Re-reads `config_path` (and the files it names) and applies it; logs and counts the
+    /// outcome. An invalid file changes nothing.
+    pub fn reload(&self, config_path: Option<&Path>) -> Result<(), ReloadError> {
+        let result = Config::load(config_path)
+            .map_err(ReloadError::from)
+            .and_then(|new| self.apply(new));
+        let label = match &result {
             Ok(()) => {
-                tracing::info!(filter = %new.log.level, "reload: log level changed");
-                current.log.level = new.log.level.clone();
+                tracing::info!("reload: done");
+                "ok"
             }
-            Err(e) => tracing::warn!(error = %e, "reload: log level not changed"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload: nothing changed");
+                "error"
+            }
+        };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
+        result
+    }
+
+    /// Applies `new`: everything that can change at run time, all or nothing; each change that
+    /// needs a restart is named in the log and keeps its running value.
+    pub fn apply(&self, mut new: Config) -> Result<(), ReloadError> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keep_restart_values(&running, &mut new) {
+            tracing::warn!(
+                key,
+                "reload: `{key}` changed but takes effect only after a restart; running with the old value"
+            );
         }
+        // Everything that can fail comes first, so a failure leaves everything as it was.
+        let certificate = match (
+            &self.public_cert,
+            &new.public.tls_cert_file,
+            &new.public.tls_key_file,
+        ) {
+            (Some(current), Some(cert), Some(key)) => Some((current, cert, key)),
+            _ => None,
+        };
+        if let Some((_, cert, key)) = certificate {
+            // Loaded once to check it, once more to store it: cheap, and no half-applied state.
+            Certificate::load(cert, key).map_err(|detail| ReloadError::Invalid {
+                what: "public.tls_cert_file/tls_key_file",
+                detail,
+            })?;
+        }
+        let settings = proxy_settings(&new).map_err(|e| ReloadError::Invalid {
+            what: "shoptet.api_url",
+            detail: e.to_string(),
+        })?;
+
+        if let Some((current, cert, key)) = certificate {
+            if let Err(detail) = current.reload(cert, key) {
+                // Replaced between the check and now; the old pair stays in use.
+                return Err(ReloadError::Invalid {
+                    what: "public.tls_cert_file/tls_key_file",
+                    detail,
+                });
+            }
+        }
+        self.proxy.settings.store(Arc::new(settings));
+        self.proxy.flow.reconfigure(flow_config(&new));
+        self.proxy.tokens.reconfigure(token_config(&new));
+        self.oauth.set_partner(partner(&new));
+        self.admin
+            .token
+            .store(new.admin.token.clone().map(Arc::new));
+        if let Some(public) = &self.public {
+            public.settings.store(Arc::new(public_settings(&new)));
+        }
+        self.outbox.targets.store(Arc::new(targets(&new)));
+        // Hooks for the keys other branches add: the addon signing key (`signing_key_file`) and
+        // the settings keys are stored here the same way, from `new`.
+        if new.log.level != running.log.level {
+            match crate::telemetry::logging::set_level(&new.log.level) {
+                Ok(()) => tracing::info!(filter = %new.log.level, "reload: log level changed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reload: log level not changed");
+                    new.log.level = running.log.level.clone();
+                }
+            }
+        }
+        *running = new;
+        Ok(())
     }
-    let restart: Vec<&str> = [
-        ("shoptet", current.shoptet != new.shoptet),
-        ("proxy", current.proxy != new.proxy),
-        ("public", current.public != new.public),
-        ("addon", current.addon != new.addon),
-        ("admin", current.admin != new.admin),
-        ("store", current.store != new.store),
-        ("log.format", current.log.format != new.log.format),
-    ]
-    .into_iter()
-    .filter_map(|(section, changed)| changed.then_some(section))
-    .collect();
-    if restart.is_empty() {
-        tracing::info!("reload: done");
-    } else {
-        tracing::warn!(
-            sections = ?restart,
-            "reload: these changes take effect only after a restart; running with the old values"
-        );
+}
+
+/// Puts back into `new` every value that needs a restart (SPEC B7) and returns the keys whose
+/// value differed.
+fn keep_restart_values(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($key:literal, $($field:ident).+) => {
+            if new.$($field).+ != running.$($field).+ {
+                changed.push($key);
+                new.$($field).+ = running.$($field).+.clone();
+            }
+        };
     }
+    keep!("proxy.listen", proxy.listen);
+    keep!("admin.listen", admin.listen);
+    keep!("public.listen", public.listen);
+    // The drain timeout and connect timeout are fixed into the listeners and the upstream
+    // client when they are built.
+    keep!("proxy.shutdown_timeout", proxy.shutdown_timeout);
+    keep!("shoptet.connect_timeout", shoptet.connect_timeout);
+    keep!("shoptet.api_url", shoptet.api_url);
+    keep!("shoptet.partner_url", shoptet.partner_url);
+    keep!("shoptet.ca_file", shoptet.ca_file);
+    keep!("store", store);
+    keep!("log.format", log.format);
+    // New certificate and key files apply; turning TLS on or off does not.
+    let tls = |c: &Config| c.public.tls_cert_file.is_some() && c.public.tls_key_file.is_some();
+    if tls(new) != tls(running) {
+        changed.push("public.tls_cert_file");
+        new.public.tls_cert_file = running.public.tls_cert_file.clone();
+        new.public.tls_key_file = running.public.tls_key_file.clone();
+    }
+    changed
 }
 
 fn notify_systemd(state: &[sd_notify::NotifyState]) {

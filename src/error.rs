@@ -55,6 +55,10 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("the request waited too long for a free upstream slot")]
     QueueTimeout,
+    /// An invariant of the proxy itself broke (a task panicked, a value built from validated
+    /// settings failed to build). The text names it for the log; the client sees only the code.
+    #[error("the proxy failed internally; the request may be retried")]
+    Internal(&'static str),
 }
 
 impl ProxyError {
@@ -76,6 +80,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamTimeout | QueueTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -103,6 +108,7 @@ impl ProxyError {
             TokenLimitReached { .. } => "proxy-token-limit-reached",
             UpstreamTimeout => "proxy-upstream-timeout",
             QueueTimeout => "proxy-queue-timeout",
+            Internal(_) => "proxy-internal-error",
         }
     }
 
@@ -174,6 +180,7 @@ mod tests {
             TokenLimitReached { retry_after: d },
             UpstreamTimeout,
             QueueTimeout,
+            Internal("a broken invariant"),
         ]
     }
 
@@ -212,6 +219,7 @@ mod tests {
             ("proxy-token-limit-reached", 503),
             ("proxy-upstream-timeout", 504),
             ("proxy-queue-timeout", 504),
+            ("proxy-internal-error", 500),
         ];
         let errs = all();
         assert_eq!(errs.len(), expect.len());

@@ -1,5 +1,6 @@
-//! The shipped systemd unit and production config (`systemd/`): the unit verifies cleanly, its
-//! sandbox scores an overall exposure of 1.5 or lower, and the config loads with exactly the
+//! The shipped systemd units and production config (`systemd/`): the service and its socket
+//! units verify cleanly (together: the sockets name the service), each socket passes the name
+//! its listener looks for, the service's sandbox scores an overall exposure of 1.5 or lower, and the config loads with exactly the
 //! credentials the unit hands over.
 
 mod common;
@@ -85,11 +86,16 @@ fn unit_passes_systemd_analyze_verify() {
     let units = root.path().join("etc/systemd/system");
     std::fs::create_dir_all(&units).expect("mkdir");
     std::fs::write(units.join("shoptet-proxy.service"), &unit).expect("install unit");
+    let sockets = socket_units();
+    for (name, text) in &sockets {
+        std::fs::write(units.join(name), text).expect("install socket unit");
+    }
 
     let out = Command::new(analyze)
         .arg("verify")
         .arg(format!("--root={}", root.path().display()))
         .arg("shoptet-proxy.service")
+        .args(sockets.iter().map(|(name, _)| name))
         .output()
         .expect("run systemd-analyze verify");
     let text = format!(
@@ -103,6 +109,51 @@ fn unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify: {}\n{text}",
         out.status
     );
+}
+
+/// `(file name, text)` of every `systemd/*.socket`.
+fn socket_units() -> Vec<(String, String)> {
+    let mut units: Vec<(String, String)> = std::fs::read_dir(repo("systemd"))
+        .expect("read systemd/")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".socket"))
+        .map(|n| {
+            let text = std::fs::read_to_string(repo("systemd").join(&n)).expect("read socket");
+            (n, text)
+        })
+        .collect();
+    units.sort();
+    units
+}
+
+#[test]
+fn socket_units_pass_each_listener_its_named_socket_for_the_service() {
+    let units = socket_units();
+    let value = |text: &str, key: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut names: Vec<String> = Vec::new();
+    for (file, text) in &units {
+        assert_eq!(value(text, "Service="), ["shoptet-proxy.service"], "{file}");
+        assert_eq!(value(text, "ListenStream=").len(), 1, "{file}: one socket");
+        assert!(
+            !value(text, "Accept=").contains(&"yes".to_owned()),
+            "{file}"
+        );
+        names.extend(value(text, "FileDescriptorName="));
+    }
+    names.sort();
+    assert_eq!(names, ["admin", "proxy", "public"]);
+    let proxy = &units
+        .iter()
+        .find(|(n, _)| n == "shoptet-proxy.socket")
+        .expect("systemd/shoptet-proxy.socket")
+        .1;
+    assert_eq!(value(proxy, "ListenStream="), ["127.0.0.1:8080"]);
 }
 
 #[test]

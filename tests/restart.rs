@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::binary::Served;
+use common::binary::{free_port, Served};
 use common::deploy::Deployment;
 use common::pg::pg_url;
 use shoptet_proxy::sim::testing::TestClient;
@@ -34,14 +34,6 @@ struct Load {
     retries: AtomicU64,
     failures: Mutex<Vec<String>>,
     stop: AtomicBool,
-}
-
-/// A port for the proxy listener, chosen by the OS.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("probe a free loopback port")
-        .port()
 }
 
 fn start(h: &Deployment, port: u16) -> Served {

@@ -14,6 +14,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v php >/dev/null || need+=(php-cli)
 command -v node >/dev/null || need+=(nodejs)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "tests/run.sh: installing ${need[*]}" >&2
@@ -31,10 +33,12 @@ python3 -c 'import requests' 2>/dev/null || python3 -m pip install --quiet reque
 
 eval "$(tests/pg.sh start)"
 trap 'tests/pg.sh stop' EXIT
-# Nothing may silently skip here: tests that need PostgreSQL, promtool, systemd-analyze or the
-# examples' runtimes fail without them.
+# Nothing may silently skip here: tests that need PostgreSQL, promtool, systemd-analyze, HAProxy,
+# Chromium or the examples' runtimes fail without them.
 export SHOPTET_PROXY_REQUIRE_PG=1
 export SHOPTET_PROXY_REQUIRE_PROMTOOL=1
 export SHOPTET_PROXY_REQUIRE_SYSTEMD=1
 export SHOPTET_PROXY_REQUIRE_EXAMPLES=1
+export SHOPTET_PROXY_REQUIRE_HAPROXY=1
+export SHOPTET_PROXY_REQUIRE_CHROMIUM=1
 cargo test "$@"

@@ -291,26 +291,7 @@ fn drain(h: &mut Deployment, received: &mut HashSet<String>) {
 /// Every order email of e-shop `id`, read from the simulator directly.
 async fn order_emails(sim: &str, http: &TestClient, oauth_token: &str) -> Vec<String> {
     let token = http.api_token(sim, oauth_token).await;
-    let mut emails = Vec::new();
-    for page in 1.. {
-        let r = http
-            .get(
-                &format!("{sim}/api/orders?page={page}&itemsPerPage=100"),
-                &[("shoptet-access-token", &token)],
-            )
-            .await;
-        assert_eq!(r.status, 200, "orders page {page}: {}", r.text());
-        let v = r.json();
-        for o in v["data"]["orders"].as_array().into_iter().flatten() {
-            if let Some(e) = o["email"].as_str() {
-                emails.push(e.to_owned());
-            }
-        }
-        if v["data"]["paginator"]["pageCount"].as_u64() <= Some(page) {
-            break;
-        }
-    }
-    emails
+    common::order_emails(http, sim, &[("shoptet-access-token", &token)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoptet_proxy::{public, signature};
+use shoptet_proxy::listeners::public;
+use shoptet_proxy::shoptet::signature;
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(3, |b| *b == b'\n');

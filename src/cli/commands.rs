@@ -53,9 +53,11 @@ fn start_failed(e: &StartError) -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
-    match execute(cli) {
+    let code = match execute(cli) {
         Ok(code) | Err(code) => code,
-    }
+    };
+    logging::flush();
+    code
 }
 
 fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
@@ -88,7 +90,9 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
                 ExitCode::from(2)
             })?;
             crate::telemetry::logging::init(&cfg.log);
-            let result = runtime()?.block_on(app::serve(cfg, cli.config.as_deref()));
+            // Before the runtime starts its threads: taking them unsets LISTEN_* variables.
+            let passed = crate::listeners::activation::Passed::from_env();
+            let result = runtime()?.block_on(app::serve(cfg, cli.config.as_deref(), passed));
             Ok(result.map_or_else(|e| start_failed(&e), |()| ExitCode::SUCCESS))
         }
         Command::Demo => {

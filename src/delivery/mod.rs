@@ -43,7 +43,8 @@ pub struct Targets {
 /// The delivery worker's handles: the store's outbox, its own HTTP client for the addon (not
 /// the one built for Shoptet, whose CA settings and pool are Shoptet's), the metrics.
 pub struct Outbox {
-    pub targets: Targets,
+    /// Replaced by a reload: items delivered afterwards go to the new URLs.
+    pub targets: arc_swap::ArcSwap<Targets>,
     pub store: Store,
     pub client: Client,
     pub metrics: Arc<Metrics>,
@@ -77,9 +78,10 @@ pub async fn run(app: Arc<Outbox>, wake: Arc<Notify>) {
 }
 
 async fn deliver(app: &Outbox, item: OutboxItem) {
+    let targets = app.targets.load_full();
     let url = match item.kind {
-        OutboxKind::Event => app.targets.events_url.as_ref(),
-        OutboxKind::Webhook => app.targets.webhooks_url.as_ref(),
+        OutboxKind::Event => targets.events_url.as_ref(),
+        OutboxKind::Webhook => targets.webhooks_url.as_ref(),
     };
     let Some(url) = url else {
         // The target was unset after the item was queued: keep it until one is configured.
@@ -88,7 +90,7 @@ async fn deliver(app: &Outbox, item: OutboxItem) {
             .outbox_retry_at(
                 item.id,
                 item.attempts,
-                SystemTime::now() + app.targets.retry_max,
+                SystemTime::now() + targets.retry_max,
             )
             .await;
         return;
@@ -113,7 +115,7 @@ async fn deliver(app: &Outbox, item: OutboxItem) {
     let settled = if ok {
         app.store.outbox_delivered(item.id).await
     } else {
-        let wait = backoff(item.attempts, app.targets.retry_max);
+        let wait = backoff(item.attempts, targets.retry_max);
         app.store
             .outbox_retry_at(item.id, item.attempts + 1, SystemTime::now() + wait)
             .await

@@ -11,6 +11,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// A stream whose first chunks were already read (to decide whether it fits a limit): those
@@ -56,7 +58,60 @@ pub enum ReqBody {
     /// Whole body in memory; `None` once sent (or for an empty body).
     Buffered(Option<Bytes>),
     /// Streamed from the client, possibly after a prefix that turned out to exceed the limit.
-    Streaming(Prefixed),
+    Streaming(Streamed),
+}
+
+/// A client's body streamed upstream, cut off once it passes `cap` bytes: a chunked or HTTP/2
+/// body declares no length, so only counting what flows can keep the size limit.
+pub struct Streamed {
+    body: Prefixed,
+    sent: u64,
+    cap: u64,
+    over: Overflow,
+}
+
+/// Set when a [`Streamed`] body passed its cap, so whoever sent it can tell "too large" from
+/// "upstream failed" when the upstream request then errors.
+#[derive(Clone, Default)]
+pub struct Overflow(Arc<AtomicBool>);
+
+impl Overflow {
+    pub fn happened(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a request body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReqBodyError {
+    #[error("reading the client's body: {0}")]
+    Client(#[from] hyper::Error),
+    #[error("the request body passed {0} bytes")]
+    TooLarge(u64),
+}
+
+impl Streamed {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            self.sent += data.len() as u64;
+            if self.sent > self.cap {
+                self.over.0.store(true, Ordering::Relaxed);
+                // An error, not an end: the upstream request is aborted rather than completed
+                // with a truncated body.
+                return Poll::Ready(Some(Err(ReqBodyError::TooLarge(self.cap))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
 }
 
 impl ReqBody {
@@ -71,29 +126,29 @@ impl ReqBody {
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ReqBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
         match self.get_mut() {
             ReqBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Streaming(s) => Pin::new(s).poll_frame(cx),
+            ReqBody::Streaming(s) => s.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Buffered(b) => b.is_none(),
-            ReqBody::Streaming(s) => s.is_end_stream(),
+            ReqBody::Streaming(s) => s.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Streaming(s) => s.size_hint(),
+            ReqBody::Streaming(s) => s.body.size_hint(),
         }
     }
 }
@@ -139,29 +194,41 @@ pub async fn read_up_to(mut body: Incoming, limit: u64) -> Result<Limited, hyper
 pub enum ClientBody {
     /// Complete and within the replay limit: can be sent any number of times.
     Replayable(Bytes),
-    /// Too large to keep: streams once.
-    Streaming(ReqBody),
+    /// Too large to keep: streams once, cut off past the cap; the flag tells when it was.
+    Streaming(ReqBody, Overflow),
 }
 
 /// Reads the client's body up to `limit` bytes. A body that declares a larger Content-Length is
-/// not read at all; one that grows past the limit while being read streams on from where it is.
+/// not read at all; one that grows past the limit while being read streams on from where it is,
+/// and fails once more than `cap` bytes came in all.
 pub async fn read_for_replay(
     body: Incoming,
     declared_len: Option<u64>,
     limit: u64,
+    cap: u64,
 ) -> Result<ClientBody, hyper::Error> {
     if body.is_end_stream() {
         return Ok(ClientBody::Replayable(Bytes::new()));
     }
+    let streamed = |body: Prefixed| {
+        let over = Overflow::default();
+        let s = Streamed {
+            body,
+            sent: 0,
+            cap,
+            over: over.clone(),
+        };
+        ClientBody::Streaming(ReqBody::Streaming(s), over)
+    };
     if declared_len.is_some_and(|n| n > limit) {
-        return Ok(ClientBody::Streaming(ReqBody::Streaming(Prefixed {
+        return Ok(streamed(Prefixed {
             prefix: VecDeque::new(),
             rest: body,
-        })));
+        }));
     }
     Ok(match read_up_to(body, limit).await? {
         Limited::Whole(b) => ClientBody::Replayable(b),
-        Limited::Over(s) => ClientBody::Streaming(ReqBody::Streaming(s)),
+        Limited::Over(s) => streamed(s),
     })
 }
 

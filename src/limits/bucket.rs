@@ -132,10 +132,25 @@ impl Bucket {
         self.cost
     }
 
-    #[cfg(test)]
-    fn in_flight(&self) -> u32 {
+    /// Requests admitted whose answers have not arrived.
+    pub fn in_flight(&self) -> u32 {
         self.in_flight
     }
+
+    /// The modelled level now, once an answer has reported one.
+    pub fn level(&self, now: Instant) -> Option<Level> {
+        self.observed.then(|| Level {
+            level: self.drained(now),
+            capacity: self.max,
+        })
+    }
+}
+
+/// The modelled bucket of one e-shop at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Level {
+    pub level: f64,
+    pub capacity: f64,
 }
 
 #[cfg(test)]

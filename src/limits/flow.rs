@@ -7,14 +7,20 @@
 //! `queue_timeout` each. An admitted request is then paced by its e-shop's [`Bucket`] model: it
 //! holds its slot while it waits for the drain, so pacing an e-shop never delays another one.
 //! The [`Permit`] is the upstream slot: it lives in the response body until the answer is sent.
+//!
+//! A reload may change every limit here ([`Flow::reconfigure`]); requests admitted afterwards
+//! meet the new values, requests already in flight keep their slots. Slot counts change through
+//! [`Slots::resize`], lazily per e-shop at its next admission.
 
 use crate::error::ProxyError;
 use crate::limits::bucket::{self, Bucket};
 use crate::telemetry::metrics::Metrics;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 
 static BUCKET_FILLING: http::HeaderName =
     http::HeaderName::from_static("x-ratelimit-bucket-filling");
@@ -33,9 +39,88 @@ pub struct FlowConfig {
 }
 
 pub struct Flow {
-    global: Arc<Semaphore>,
-    cfg: FlowConfig,
+    global: Arc<Slots>,
+    /// Read once per admission, replaced by a reload: `ArcSwap` because a lock here would be
+    /// taken by every request on every core, while reloads are rare.
+    cfg: ArcSwap<FlowConfig>,
     metrics: Arc<Metrics>,
+}
+
+/// A semaphore whose size can change while permits are out. Lowering it forgets free permits
+/// and, for permits that are in use, records a debt that their return pays off instead of going
+/// back to the pool; raising it cancels debt first, then adds permits.
+pub struct Slots {
+    sem: Semaphore,
+    /// The size the pool is heading for (permits out + free − debt).
+    size: AtomicUsize,
+    debt: AtomicUsize,
+}
+
+impl Slots {
+    pub fn new(size: usize) -> Slots {
+        Slots {
+            sem: Semaphore::new(size),
+            size: AtomicUsize::new(size),
+            debt: AtomicUsize::new(0),
+        }
+    }
+
+    /// Makes the pool `size` permits large. Cheap when it already is (one atomic load).
+    pub fn resize(&self, size: usize) {
+        let mut old = self.size.load(Ordering::Acquire);
+        loop {
+            if old == size {
+                return;
+            }
+            // Whoever moves `size` applies exactly that difference, so concurrent resizes add up.
+            match self
+                .size
+                .compare_exchange(old, size, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => old = now,
+            }
+        }
+        if size > old {
+            let mut add = size - old;
+            while add > 0 && take_one(&self.debt) {
+                add -= 1;
+            }
+            self.sem.add_permits(add);
+        } else {
+            self.debt.fetch_add(old - size, Ordering::AcqRel);
+            // Forget free permits while debt remains; a unit claimed with none free goes back to
+            // the debt, which the next returned permit then pays.
+            while take_one(&self.debt) {
+                if self.sem.forget_permits(1) == 0 {
+                    self.debt.fetch_add(1, Ordering::AcqRel);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Gives back one permit taken with `forget`: pays off debt first.
+    fn release(&self) {
+        if !take_one(&self.debt) {
+            self.sem.add_permits(1);
+        }
+    }
+}
+
+/// Decrements `n` unless it is zero; true when it did.
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+        .is_ok()
+}
+
+/// A global slot held by a [`Permit`].
+struct GlobalSlot(Arc<Slots>);
+
+impl Drop for GlobalSlot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 /// One e-shop's part of flow control, kept inline in that e-shop's runtime record
@@ -44,20 +129,46 @@ pub struct Flow {
 pub struct Lane {
     /// Upstream slots. A slot taken is `forget`-ed and given back by [`Permit`]'s drop, so the
     /// semaphore lives inline in the record instead of in an `Arc` of its own.
-    slots: Semaphore,
+    slots: Slots,
     waiting: AtomicUsize,
     bucket: Mutex<Bucket>,
     /// Wakes paced requests when an answer corrects the model, often freeing room early.
     answers: Notify,
+    /// Requests this lane delayed for the bucket since start (the status pages show it).
+    paced_total: AtomicU64,
+}
+
+/// What one e-shop's lane holds now, for the live state (SPEC B7 `runtime`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LaneSnapshot {
+    /// Sent upstream (or admitted to be) and not answered yet.
+    pub in_flight: u32,
+    /// Waiting for a slot.
+    pub queued: usize,
+    pub paced_total: u64,
+    /// `None` until an answer reported the bucket's level.
+    pub bucket: Option<bucket::Level>,
 }
 
 impl Lane {
     pub fn new(slots: usize) -> Lane {
         Lane {
-            slots: Semaphore::new(slots),
+            slots: Slots::new(slots),
             waiting: AtomicUsize::new(0),
-            bucket: Mutex::new(Bucket::new(tokio::time::Instant::now())),
+            bucket: Mutex::new(Bucket::new(Instant::now())),
             answers: Notify::new(),
+            paced_total: AtomicU64::new(0),
+        }
+    }
+
+    /// A copy of the lane's state; holds its bucket lock for a few field reads.
+    pub fn snapshot(&self) -> LaneSnapshot {
+        let b = lock(&self.bucket);
+        LaneSnapshot {
+            in_flight: b.in_flight(),
+            queued: self.waiting.load(Ordering::Relaxed),
+            paced_total: self.paced_total.load(Ordering::Relaxed),
+            bucket: b.level(tokio::time::Instant::now()),
         }
     }
 }
@@ -75,7 +186,7 @@ pub struct Admission {
 pub struct Permit {
     /// The record that holds the lane, kept alive while the request is in flight.
     owner: Arc<dyn AsRef<Lane> + Send + Sync>,
-    _global: OwnedSemaphorePermit,
+    _global: GlobalSlot,
     metrics: Arc<Metrics>,
     /// Counted in flight by the bucket model until its answer (or its drop) settles it.
     awaiting_answer: bool,
@@ -97,28 +208,37 @@ impl Drop for Waiting<'_> {
 impl Flow {
     pub fn new(cfg: FlowConfig, metrics: Arc<Metrics>) -> Flow {
         Flow {
-            global: Arc::new(Semaphore::new(cfg.max_in_flight)),
-            cfg,
+            global: Arc::new(Slots::new(cfg.max_in_flight)),
+            cfg: ArcSwap::from_pointee(cfg),
             metrics,
         }
     }
 
-    /// Waits for an upstream slot for `eshop`, at most until `arrived + queue_timeout`.
+    /// Applies new limits to requests admitted from now on.
+    pub fn reconfigure(&self, cfg: FlowConfig) {
+        self.global.resize(cfg.max_in_flight);
+        self.cfg.store(Arc::new(cfg));
+    }
+
+    /// Waits for an upstream slot for `eshop`, at most `queue_timeout` from now: the time spent
+    /// before (reading a slow upload, say) is not queueing.
     pub async fn admit<R: AsRef<Lane> + Send + Sync + 'static>(
         &self,
         owner: &Arc<R>,
-        arrived: Instant,
     ) -> Result<Admission, ProxyError> {
         let lane = owner.as_ref().as_ref();
-        let deadline = tokio::time::Instant::from_std(arrived + self.cfg.queue_timeout);
+        // Copied out (a few numbers): an arc-swap guard should not be held across the waits below.
+        let cfg = FlowConfig::clone(&self.cfg.load());
+        lane.slots.resize(cfg.max_in_flight_per_eshop);
+        let deadline = Instant::now() + cfg.queue_timeout;
         // When this request started waiting for a slot, if it had to: the common case reads no
         // clock here, and a slow request body read before admission never counts as queueing.
         let mut waiting_since: Option<Instant> = None;
-        let slot = match lane.slots.try_acquire() {
+        let slot = match lane.slots.sem.try_acquire() {
             Ok(p) => p,
             Err(_) => {
                 waiting_since = Some(Instant::now());
-                if lane.waiting.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_queue {
+                if lane.waiting.fetch_add(1, Ordering::Relaxed) >= cfg.max_queue {
                     lane.waiting.fetch_sub(1, Ordering::Relaxed);
                     return Err(ProxyError::QueueFull {
                         retry_after: QUEUE_FULL_RETRY_AFTER,
@@ -129,7 +249,7 @@ impl Flow {
                     count: &lane.waiting,
                     metrics: &self.metrics,
                 };
-                tokio::time::timeout_at(deadline, lane.slots.acquire())
+                tokio::time::timeout_at(deadline, lane.slots.sem.acquire())
                     .await
                     .map_err(|_| ProxyError::QueueTimeout)?
                     .map_err(|_| ProxyError::QueueTimeout)?
@@ -139,17 +259,21 @@ impl Flow {
         // waiting for the global slot or the bucket gives it back; the Permit takes it over.
         slot.forget();
         let slot = Slot(lane);
-        let global = match self.global.clone().try_acquire_owned() {
+        let global = match self.global.sem.try_acquire() {
             Ok(p) => p,
             Err(_) => {
                 waiting_since.get_or_insert_with(Instant::now);
-                tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
+                tokio::time::timeout_at(deadline, self.global.sem.acquire())
                     .await
                     .map_err(|_| ProxyError::QueueTimeout)?
                     .map_err(|_| ProxyError::QueueTimeout)?
             }
         };
-        let paced = match self.cfg.bucket_reserve {
+        // From here on the global slot is returned through `GlobalSlot`, which honours a
+        // lowered `max_in_flight`.
+        global.forget();
+        let global = GlobalSlot(self.global.clone());
+        let paced = match cfg.bucket_reserve {
             Some(reserve) => Self::pace(lane, reserve, deadline).await,
             None => {
                 lock(&lane.bucket).reserve_anyway();
@@ -159,6 +283,7 @@ impl Flow {
         let queued = waiting_since.map_or(paced, |since| since.elapsed());
         self.metrics.queue_wait.observe(queued.as_secs_f64());
         if !paced.is_zero() {
+            lane.paced_total.fetch_add(1, Ordering::Relaxed);
             self.metrics.paced.inc();
             self.metrics.pace_wait.observe(paced.as_secs_f64());
         }
@@ -180,10 +305,10 @@ impl Flow {
     /// `deadline`: a request that has waited its whole `queue_timeout` goes out anyway and meets
     /// Shoptet's verdict (a GET is then retried after Shoptet's `Retry-After`). Returns the time
     /// waited.
-    async fn pace(lane: &Lane, reserve: f64, deadline: tokio::time::Instant) -> Duration {
-        // Not `arrived`: a slow request body may lie between, and the model must not go back
-        // in time.
-        let start = tokio::time::Instant::now();
+    async fn pace(lane: &Lane, reserve: f64, deadline: Instant) -> Duration {
+        // Read again rather than taken from admission: the wait for a slot may lie between, and
+        // the model must not go back in time.
+        let start = Instant::now();
         let mut now = start;
         loop {
             // Registered before the check, so an answer landing in between still wakes us.
@@ -201,7 +326,7 @@ impl Flow {
                 _ = tokio::time::sleep_until((now + wait).min(deadline)) => {}
                 _ = answered => {}
             }
-            now = tokio::time::Instant::now();
+            now = Instant::now();
         }
     }
 }
@@ -212,7 +337,7 @@ struct Slot<'a>(&'a Lane);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.slots.add_permits(1);
+        self.0.slots.release();
     }
 }
 
@@ -236,12 +361,7 @@ impl Permit {
     }
 
     /// The upstream answer's head arrived (at `now`): learn the bucket level from it.
-    pub fn answered(
-        &mut self,
-        status: http::StatusCode,
-        headers: &http::HeaderMap,
-        now: tokio::time::Instant,
-    ) {
+    pub fn answered(&mut self, status: http::StatusCode, headers: &http::HeaderMap, now: Instant) {
         let filling = headers
             .get(&BUCKET_FILLING)
             .and_then(|v| bucket::parse_filling(v.as_bytes()));
@@ -268,10 +388,10 @@ impl Drop for Permit {
         self.metrics.in_flight.dec();
         let lane = self.owner.as_ref().as_ref();
         if self.awaiting_answer {
-            lock(&lane.bucket).answered(tokio::time::Instant::now(), None);
+            lock(&lane.bucket).answered(Instant::now(), None);
             lane.answers.notify_waiters();
         }
-        lane.slots.add_permits(1);
+        lane.slots.release();
     }
 }
 
@@ -309,11 +429,7 @@ mod tests {
 
     /// Runs one request through `flow` whose answer reports `filling` (and `status`).
     async fn answer(flow: &Flow, e: &Arc<Eshop>, status: StatusCode, filling: &'static str) {
-        let mut permit = flow
-            .admit(e, Instant::now())
-            .await
-            .expect("admitted")
-            .permit;
+        let mut permit = flow.admit(e).await.expect("admitted").permit;
         permit.sending();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -326,7 +442,7 @@ mod tests {
                 HeaderValue::from_static("Mon, 01 Jul 2024 12:01:11 GMT"),
             );
         }
-        permit.answered(status, &headers, tokio::time::Instant::now());
+        permit.answered(status, &headers, Instant::now());
     }
 
     #[tokio::test]
@@ -335,11 +451,7 @@ mod tests {
         let flow = flow(Duration::from_secs(30), Some(10.0));
         // 188 + 3 × cost 1 > 190: room for two requests now, the third waits 0.1 s of drain.
         answer(&flow, &e, StatusCode::OK, "188/200").await;
-        let (a, b, c) = tokio::join!(
-            flow.admit(&e, Instant::now()),
-            flow.admit(&e, Instant::now()),
-            flow.admit(&e, Instant::now()),
-        );
+        let (a, b, c) = tokio::join!(flow.admit(&e), flow.admit(&e), flow.admit(&e),);
         let mut paced: Vec<Duration> = [a, b, c]
             .into_iter()
             .map(|r| r.expect("admitted").paced)
@@ -360,10 +472,7 @@ mod tests {
         answer(&flow, &e, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
         assert_eq!(flow.metrics.bucket_429.get(), 1);
         // A full bucket needs 1.1 s to reach 190 − 1; the queue timeout is 0.3 s.
-        let admission = flow
-            .admit(&e, Instant::now())
-            .await
-            .expect("sent at the deadline");
+        let admission = flow.admit(&e).await.expect("sent at the deadline");
         // Released at the deadline, not after the 1.1 s the drain needs.
         assert!(
             admission.paced >= Duration::from_millis(250)
@@ -379,16 +488,11 @@ mod tests {
         let flow = flow(Duration::from_secs(30), Some(10.0));
         let mut held = Vec::new();
         for _ in 0..2 {
-            held.push(
-                flow.admit(&e, Instant::now())
-                    .await
-                    .expect("admitted")
-                    .permit,
-            );
+            held.push(flow.admit(&e).await.expect("admitted").permit);
         }
         // 195 + 3 × cost 1 − 190: the drain alone would take 0.8 s.
         answer(&flow, &e, StatusCode::OK, "195/200").await;
-        let waiter = flow.admit(&e, Instant::now());
+        let waiter = flow.admit(&e);
         tokio::pin!(waiter);
         assert!(
             tokio::time::timeout(Duration::from_millis(20), &mut waiter)
@@ -412,7 +516,35 @@ mod tests {
             "x-ratelimit-bucket-filling",
             HeaderValue::from_static(filling),
         );
-        permit.answered(StatusCode::OK, &headers, tokio::time::Instant::now());
+        permit.answered(StatusCode::OK, &headers, Instant::now());
+    }
+
+    #[test]
+    fn a_lowered_pool_holds_once_the_permits_in_use_come_back() {
+        let slots = Slots::new(3);
+        let held: Vec<_> = (0..3)
+            .map(|_| slots.sem.try_acquire().expect("free"))
+            .collect();
+        for p in held {
+            p.forget();
+        }
+        slots.resize(1);
+        // Two of the three returns pay the debt; only the last one is free again.
+        slots.release();
+        slots.release();
+        assert_eq!(slots.sem.available_permits(), 0);
+        slots.release();
+        assert_eq!(slots.sem.available_permits(), 1);
+        slots.resize(4);
+        assert_eq!(slots.sem.available_permits(), 4);
+        // Raising while in debt cancels the debt first.
+        let p = slots.sem.try_acquire().expect("free");
+        p.forget();
+        slots.resize(2);
+        assert_eq!(slots.sem.available_permits(), 1);
+        slots.resize(3);
+        slots.release();
+        assert_eq!(slots.sem.available_permits(), 3);
     }
 
     #[tokio::test]
@@ -420,7 +552,7 @@ mod tests {
         let e = eshop();
         let flow = flow(Duration::from_secs(30), None);
         answer(&flow, &e, StatusCode::TOO_MANY_REQUESTS, "200/200").await;
-        let admission = flow.admit(&e, Instant::now()).await.expect("admitted");
+        let admission = flow.admit(&e).await.expect("admitted");
         assert_eq!(admission.paced, Duration::ZERO);
     }
 }

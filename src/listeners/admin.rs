@@ -1,4 +1,5 @@
-//! The admin listener (SPEC B7): metrics, health, and the installation admin API.
+//! The admin listener (SPEC B7): metrics, health, the installation admin API, the live state of
+//! one e-shop and the status pages ([`crate::listeners::status`]).
 //!
 //! Reads (`GET`, `/metrics`, `/healthz`, `/readyz`) need no credentials because the listener is on
 //! loopback by default; writes need `Authorization: Bearer <admin token>` and are off entirely when
@@ -8,9 +9,11 @@ use crate::error::ProxyError;
 use crate::http::body::{json, local, RespBody};
 use crate::install::import_installation;
 use crate::listeners::server::Shutdown;
+use crate::listeners::status;
 use crate::proxy::tag::parse_id;
 use crate::proxy::Proxy;
 use crate::secret::Secret;
+use crate::state::eshops::Runtime;
 use crate::store::{NewInstallation, Store};
 use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
@@ -32,8 +35,8 @@ pub struct Admin {
     pub store: Store,
     pub proxy: Arc<Proxy>,
     pub metrics: Arc<Metrics>,
-    /// `[admin] token`; `None` turns the write endpoints off.
-    pub token: Option<Secret>,
+    /// `[admin] token`; `None` turns the write endpoints off. Replaced by a reload.
+    pub token: arc_swap::ArcSwapOption<Secret>,
     pub readiness: Readiness,
 }
 
@@ -81,6 +84,21 @@ fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
     )
 }
 
+fn html(status: StatusCode, page: String) -> Response<AdminBody> {
+    let mut resp = local(status, "text/html; charset=utf-8", Bytes::from(page));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(status::CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 fn store_failed(e: impl std::fmt::Display) -> Response<AdminBody> {
     tracing::error!(error = %e, "store operation failed");
     ProxyError::StoreUnavailable.to_response()
@@ -96,7 +114,8 @@ impl Admin {
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
-        let Some(token) = &self.token else {
+        let token = self.token.load();
+        let Some(token) = token.as_deref() else {
             // Writes are off: behave as if the endpoint did not exist.
             return Err(ProxyError::NotFound);
         };
@@ -119,6 +138,15 @@ impl Admin {
             (&Method::GET, ["readyz"]) => Ok(self.readyz().await),
             (&Method::GET, ["metrics"]) => Ok(self.metrics().await),
             (&Method::GET, ["admin", "eshops"]) => Ok(self.list().await),
+            (&Method::GET, ["admin", "eshops", id]) => {
+                let id = parse_id(id.as_bytes())?;
+                self.live(id).await
+            }
+            (&Method::GET, [""]) => Ok(self.overview_page().await),
+            (&Method::GET, ["eshops", id]) => {
+                let id = parse_id(id.as_bytes())?;
+                Ok(self.eshop_page(id).await)
+            }
             (&Method::PUT, ["admin", "eshops", id]) => {
                 self.authorize(&req)?;
                 let id = parse_id(id.as_bytes())?;
@@ -181,6 +209,56 @@ impl Admin {
     async fn list(&self) -> Response<AdminBody> {
         match self.store.list().await {
             Ok(list) => json(StatusCode::OK, &serde_json::json!({ "eshops": list })),
+            Err(e) => store_failed(e),
+        }
+    }
+
+    /// This replica's live state of one e-shop, or `None` when it holds no record of it.
+    fn runtime(&self, eshop_id: u64) -> Runtime {
+        self.proxy
+            .eshops
+            .existing(eshop_id)
+            .map_or_else(Runtime::idle, |e| e.runtime())
+    }
+
+    /// `GET /admin/eshops/{id}`: the list item plus `runtime` (SPEC B7).
+    async fn live(&self, eshop_id: u64) -> Result<Response<AdminBody>, ProxyError> {
+        let summary = match self.store.summary(eshop_id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(ProxyError::NotFound),
+            Err(e) => return Ok(store_failed(e)),
+        };
+        let mut item = serde_json::to_value(&summary).unwrap_or_default();
+        item["runtime"] = serde_json::to_value(self.runtime(eshop_id)).unwrap_or_default();
+        Ok(json(StatusCode::OK, &item))
+    }
+
+    async fn overview_page(&self) -> Response<AdminBody> {
+        let installations = match self.store.count_by_status().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "status page: store unavailable");
+                None
+            }
+        };
+        let (busiest, eshops_known) = status::busiest(&self.proxy.eshops, status::BUSIEST);
+        let overview = status::Overview {
+            installations,
+            token_fetches: Metrics::by_label(&self.metrics.token_fetches),
+            proxy_errors: Metrics::by_label(&self.metrics.proxy_errors),
+            busiest,
+            eshops_known,
+        };
+        html(StatusCode::OK, status::render_overview(&overview))
+    }
+
+    async fn eshop_page(&self, eshop_id: u64) -> Response<AdminBody> {
+        match self.store.summary(eshop_id).await {
+            Ok(Some(s)) => html(
+                StatusCode::OK,
+                status::render_eshop(&s, &self.runtime(eshop_id)),
+            ),
+            Ok(None) => html(StatusCode::NOT_FOUND, status::render_unknown(eshop_id)),
             Err(e) => store_failed(e),
         }
     }

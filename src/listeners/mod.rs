@@ -1,6 +1,10 @@
 //! Everything that accepts connections: the server plumbing shared by all listeners
-//! ([`server`]: HTTP/1.1 + h2c, limits, graceful drain), the admin listener ([`admin`]) and the
-//! public listener ([`public`]: Shoptet's install callback and webhooks).
+//! ([`server`]: HTTP/1.1 + h2c, limits, graceful drain), the admin listener ([`admin`], its status
+//! pages in [`status`]) and the public listener ([`public`]: Shoptet's install callback and webhooks), reloadable TLS
+//! certificates ([`tls`]) and sockets passed by systemd ([`activation`]).
+pub mod activation;
 pub mod admin;
 pub mod public;
 pub mod server;
+pub mod status;
+pub mod tls;

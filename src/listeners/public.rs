@@ -43,7 +43,8 @@ type PublicBody = RespBody<()>;
 /// uninstall confirmation), the request path (signature keys, token cache), the metrics, its
 /// own settings and the outbox's wake-up.
 pub struct Public {
-    pub settings: PublicSettings,
+    /// Replaced whole by a reload; read per request without a lock.
+    pub settings: arc_swap::ArcSwap<PublicSettings>,
     pub store: Store,
     pub oauth: Arc<OAuthClient>,
     pub proxy: Arc<Proxy>,
@@ -105,10 +106,14 @@ fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
 impl Public {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<PublicBody> {
         let method = req.method().clone();
-        let ip = client_ip(peer.ip(), req.headers(), &self.settings.trusted_proxies);
+        let ip = client_ip(
+            peer.ip(),
+            req.headers(),
+            &self.settings.load().trusted_proxies,
+        );
         let resp = match (req.method(), req.uri().path()) {
             (&Method::GET, "/install") => {
-                if allowed(&self.settings.install_allow, ip) {
+                if allowed(&self.settings.load().install_allow, ip) {
                     self.install(req).await
                 } else {
                     tracing::warn!(%ip, "install call from an address outside install_allow");
@@ -116,7 +121,7 @@ impl Public {
                 }
             }
             (&Method::POST, "/webhooks") => {
-                if allowed(&self.settings.webhook_allow, ip) {
+                if allowed(&self.settings.load().webhook_allow, ip) {
                     self.webhook(req).await
                 } else {
                     tracing::warn!(%ip, "webhook from an address outside webhook_allow");
@@ -132,7 +137,6 @@ impl Public {
     }
 
     async fn install(&self, req: Request<Incoming>) -> Result<Response<PublicBody>, ProxyError> {
-        let deadline = Instant::now() + INSTALL_BUDGET;
         let code = req
             .uri()
             .query()
@@ -145,72 +149,23 @@ impl Public {
             .ok_or(ProxyError::BadRequest(
                 "the code query parameter is missing",
             ))?;
-        let grant =
-            match tokio::time::timeout(EXCHANGE_BUDGET, self.oauth.exchange_code(&code)).await {
-                Ok(Ok(g)) => g,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "installation: code exchange failed");
-                    return Err(ProxyError::InstallFailed);
-                }
-                Err(_) => {
-                    tracing::warn!("installation: the OAuth server did not answer in time");
-                    return Err(ProxyError::InstallFailed);
-                }
-            };
-        let eshop_id = grant.eshop_id;
-        let new = NewInstallation {
-            eshop_id,
-            eshop_url: grant.eshop_url.clone(),
-            contact_email: grant.contact_email.clone(),
-            oauth_token: grant.oauth_token,
-        };
-        if let Err(e) = self.store.upsert_installation(&new, None).await {
-            tracing::error!(eshop_id, error = %e, "installation: store failed");
-            return Err(ProxyError::InstallFailed);
-        }
-        let tokens = &self.proxy.tokens;
-        tokens.forget(eshop_id);
-        // The key lets the proxy verify this e-shop's webhooks. Without it the installation still
-        // works for API calls, so a slow or failing renewal does not fail the installation. The
-        // renewal runs as a task of its own: Shoptet issues the key once the request reaches it,
-        // so a renewal that outlasts the install answer must still store the key it brings back.
-        let (store, proxy) = (self.store.clone(), self.proxy.clone());
-        let renewal = tokio::spawn(async move {
-            install::renew_signature_key(&store, &proxy, eshop_id).await;
-        });
-        if tokio::time::timeout_at(deadline, renewal).await.is_err() {
-            tracing::warn!(
-                eshop_id,
-                "installation: signature key not obtained in time; still waiting for it"
-            );
-        }
-        if self.settings.deliver_events {
-            let event = serde_json::json!({
-                "event": "installed",
-                "eshopId": eshop_id,
-                "eshopUrl": grant.eshop_url,
-                "contactEmail": grant.contact_email,
-            });
-            match self
-                .store
-                .outbox_push(
-                    OutboxKind::Event,
-                    Some(eshop_id),
-                    event.to_string().as_bytes(),
-                )
-                .await
-            {
-                Ok(_) => self.outbox.notify_one(),
-                Err(e) => {
-                    tracing::error!(eshop_id, error = %e, "installation: cannot queue the installed event")
-                }
-            }
-        }
-        tracing::info!(eshop_id, "installed");
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({"eshopId": eshop_id, "status": "installed"}),
-        ))
+        // Shoptet's code is good once: an exchange abandoned half-way (the caller gave up, hyper
+        // dropped this future) would lose the OAuth token Shoptet issued for it. The rest of the
+        // installation runs to the end in a task of its own, whoever still waits for it.
+        let installing = tokio::spawn(complete_install(
+            Installer {
+                store: self.store.clone(),
+                oauth: self.oauth.clone(),
+                proxy: self.proxy.clone(),
+                outbox: self.outbox.clone(),
+                deliver_events: self.settings.load().deliver_events,
+            },
+            code,
+        ));
+        installing.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "installation task failed");
+            Err(ProxyError::Internal("the installation task failed"))
+        })
     }
 
     async fn webhook(&self, req: Request<Incoming>) -> Result<Response<PublicBody>, ProxyError> {
@@ -253,7 +208,7 @@ impl Public {
         // finds the proxy refusing calls for that e-shop.
         self.system_event(eshop_id, &head.event, inst.status, inst.oauth_token)
             .await;
-        if self.settings.deliver_webhooks {
+        if self.settings.load().deliver_webhooks {
             if let Err(e) = self
                 .store
                 .outbox_push(OutboxKind::Webhook, Some(eshop_id), &body)
@@ -332,37 +287,93 @@ impl Public {
     }
 }
 
-/// Rustls server configuration for the public listener from PEM files.
+/// A TLS acceptor for `cert_file` and `key_file` whose certificate cannot be reloaded (see
+/// [`super::tls::Certificate`] for one that can).
 pub fn tls_acceptor(
     cert_file: &std::path::Path,
     key_file: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor, String> {
-    let certs = std::fs::read(cert_file)
-        .map_err(|e| format!("{}: {e}", cert_file.display()))
-        .and_then(|pem| {
-            rustls_pemfile::certs(&mut pem.as_slice())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{}: {e}", cert_file.display()))
-        })?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate", cert_file.display()));
+    super::tls::Certificate::load(cert_file, key_file)?.acceptor()
+}
+
+/// What finishing an installation reaches, owned so it can run as a task of its own.
+struct Installer {
+    store: Store,
+    oauth: Arc<OAuthClient>,
+    proxy: Arc<Proxy>,
+    outbox: Arc<Notify>,
+    deliver_events: bool,
+}
+
+/// Exchanges `code`, stores the installation, obtains the signature key (waiting for it within
+/// the install budget) and queues the "installed" event.
+async fn complete_install(i: Installer, code: String) -> Result<Response<PublicBody>, ProxyError> {
+    let deadline = Instant::now() + INSTALL_BUDGET;
+    let grant = match tokio::time::timeout(EXCHANGE_BUDGET, i.oauth.exchange_code(&code)).await {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "installation: code exchange failed");
+            return Err(ProxyError::InstallFailed);
+        }
+        Err(_) => {
+            tracing::warn!("installation: the OAuth server did not answer in time");
+            return Err(ProxyError::InstallFailed);
+        }
+    };
+    let eshop_id = grant.eshop_id;
+    let new = NewInstallation {
+        eshop_id,
+        eshop_url: grant.eshop_url.clone(),
+        contact_email: grant.contact_email.clone(),
+        oauth_token: grant.oauth_token,
+    };
+    if let Err(e) = i.store.upsert_installation(&new, None).await {
+        tracing::error!(eshop_id, error = %e, "installation: store failed");
+        return Err(ProxyError::InstallFailed);
     }
-    let key = std::fs::read(key_file)
-        .map_err(|e| format!("{}: {e}", key_file.display()))
-        .and_then(|pem| {
-            rustls_pemfile::private_key(&mut pem.as_slice())
-                .map_err(|e| format!("{}: {e}", key_file.display()))
-        })?
-        .ok_or_else(|| format!("{}: no PEM private key", key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    let tokens = &i.proxy.tokens;
+    tokens.forget(eshop_id);
+    // The key lets the proxy verify this e-shop's webhooks. Without it the installation still
+    // works for API calls, so a slow or failing renewal does not fail the installation. The
+    // renewal runs as a task of its own: Shoptet issues the key once the request reaches it,
+    // so a renewal that outlasts the install answer must still store the key it brings back.
+    let (store, proxy) = (i.store.clone(), i.proxy.clone());
+    let renewal = tokio::spawn(async move {
+        install::renew_signature_key(&store, &proxy, eshop_id).await;
+    });
+    if tokio::time::timeout_at(deadline, renewal).await.is_err() {
+        tracing::warn!(
+            eshop_id,
+            "installation: signature key not obtained in time; still waiting for it"
+        );
+    }
+    if i.deliver_events {
+        let event = serde_json::json!({
+            "event": "installed",
+            "eshopId": eshop_id,
+            "eshopUrl": grant.eshop_url,
+            "contactEmail": grant.contact_email,
+        });
+        match i
+            .store
+            .outbox_push(
+                OutboxKind::Event,
+                Some(eshop_id),
+                event.to_string().as_bytes(),
+            )
+            .await
+        {
+            Ok(_) => i.outbox.notify_one(),
+            Err(e) => {
+                tracing::error!(eshop_id, error = %e, "installation: cannot queue the installed event")
+            }
+        }
+    }
+    tracing::info!(eshop_id, "installed");
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"eshopId": eshop_id, "status": "installed"}),
+    ))
 }
 
 #[cfg(test)]

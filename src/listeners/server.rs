@@ -5,6 +5,9 @@
 //! a connection count cap, a header read timeout (slowloris), a header size cap. On shutdown it
 //! stops accepting, lets every connection finish its in-flight requests (HTTP/1 connections close
 //! after the current response, HTTP/2 ones get GOAWAY) and gives up after the drain timeout.
+//! A connection accepted but still waiting for its first request head is not cut by the drain:
+//! its request is answered first. That matters for a socket passed by systemd, where the next
+//! process takes over the backlog: every connection this process accepted gets its answer.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -12,7 +15,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,17 +106,32 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
 /// `limit`. hyper's own header read timeout starts only once the auto builder has sniffed the
 /// protocol from the first bytes, and that sniffing waits forever: without this, a client that
 /// connects and sends nothing (or half an HTTP/2 preface) holds a connection slot indefinitely.
-async fn first_request_within<C: Future>(conn: C, first_request: &Notify, limit: Duration) {
+///
+/// On `shutdown` the connection is asked to finish gracefully, but only once its first request
+/// has arrived: asked earlier, hyper would close it unanswered, and its client, which connected
+/// before the listener stopped accepting, would see an error.
+async fn drive<C: GracefulConnection>(
+    conn: C,
+    first_request: &Notify,
+    limit: Duration,
+    shutdown: Shutdown,
+) {
     tokio::pin!(conn);
-    tokio::select! {
-        _ = &mut conn => return,
-        arrived = tokio::time::timeout(limit, first_request.notified()) => {
-            if arrived.is_err() {
-                return;
+    let first_deadline = tokio::time::sleep(limit);
+    tokio::pin!(first_deadline);
+    let mut seen_first = false;
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = first_request.notified(), if !seen_first => seen_first = true,
+            _ = &mut first_deadline, if !seen_first => return,
+            _ = shutdown.wait(), if seen_first && !asked => {
+                conn.as_mut().graceful_shutdown();
+                asked = true;
             }
         }
     }
-    conn.await;
 }
 
 /// Serves `listener` until `shutdown`, then drains for at most `drain_timeout`.
@@ -131,7 +149,8 @@ pub async fn serve<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = Arc::new(builder(limits));
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds one of these until it ends, so the drain is over when all of
+    // them are back.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let slot = tokio::select! {
@@ -160,15 +179,15 @@ pub async fn serve<H, F, B>(
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
         let tls = tls.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let limit = limits.header_read_timeout;
             match tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let conn = watcher.watch(conn.into_owned());
-                    first_request_within(conn, &first_request, limits.header_read_timeout).await;
+                    drive(conn.into_owned(), &first_request, limit, shutdown).await;
                 }
                 Some(acceptor) => {
                     let Ok(Ok(stream)) =
@@ -178,14 +197,17 @@ pub async fn serve<H, F, B>(
                         return;
                     };
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let conn = watcher.watch(conn.into_owned());
-                    first_request_within(conn, &first_request, limits.header_read_timeout).await;
+                    drive(conn.into_owned(), &first_request, limit, shutdown).await;
                 }
             }
         });
     }
+    // Closes this process's copy of the socket: a socket bound here stops taking connections
+    // (they are refused); a passed one keeps its backlog for the next process, since systemd
+    // holds the socket too. It is never shut down.
     drop(listener);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain_timeout, slots.acquire_many(all))
         .await
         .is_err()
     {

@@ -8,21 +8,28 @@
 //! Shoptet refused it before acting.
 
 use crate::error::ProxyError;
-use crate::http::body::{read_for_replay, read_up_to, ClientBody, Limited, ReqBody, RespBody};
+use crate::http::body::{
+    read_for_replay, read_up_to, ClientBody, Limited, Overflow, ReqBody, RespBody,
+};
 use crate::limits::flow::{Flow, Permit};
 use crate::secret::Secret;
 use crate::state::eshops::Eshops;
 use crate::telemetry::metrics::Metrics;
 pub mod own;
+pub mod policy;
 pub mod tag;
 use crate::http::client::Client;
 use crate::state::tokens::TokenCache;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+pub use policy::parse_retry_after;
+use policy::{classify_401, Answer, Attempt, Decision, Reason, Rejection, MAX_429_RETRIES};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub type ProxyBody = RespBody<Permit>;
 
@@ -31,12 +38,9 @@ const MAX_401_BODY: u64 = 64 * 1024;
 /// Requests larger than this are refused outright; between `max_replay_body` and this they
 /// stream without replay. Shoptet's own bulk endpoints take far less.
 pub const MAX_BODY: u64 = 64 * 1024 * 1024;
-/// GET/HEAD retries after 429, at most; each waits what Shoptet asked (bounded by max_retry_wait).
-const MAX_429_RETRIES: u32 = 3;
-/// Wait after a 429 without `Retry-After` (the per-token concurrency limit), doubled per retry.
-const CONCURRENCY_429_BACKOFF: Duration = Duration::from_millis(200);
-/// Shoptet's answer to a suspended installation: a 401 that no new token will fix.
-const NOT_APPROVED: &str = "Addon installation is not approved.";
+/// A 429's body is read and dropped before a retry up to this size, so its connection can be
+/// reused; Shoptet's 429 bodies are a short envelope.
+const MAX_429_BODY: u64 = 16 * 1024;
 
 static TOKEN_HEADER: HeaderName = HeaderName::from_static("shoptet-access-token");
 static PRIVATE_TOKEN_HEADER: HeaderName = HeaderName::from_static("shoptet-private-api-token");
@@ -58,7 +62,9 @@ pub struct ProxySettings {
 }
 
 pub struct Proxy {
-    pub settings: ProxySettings,
+    /// Replaced whole by a reload. An `ArcSwap` because every request reads it on whatever core
+    /// it runs: a lock-free load there, instead of a lock that every request would contend on.
+    pub settings: ArcSwap<ProxySettings>,
     pub client: Client,
     pub eshops: Arc<Eshops>,
     pub tokens: Arc<TokenCache>,
@@ -76,56 +82,6 @@ struct Trace {
     replayed: bool,
     retries_429: u32,
     request_id: Option<HeaderValue>,
-}
-
-/// Why an upstream 401 came back, read from its envelope.
-#[derive(Debug, PartialEq, Eq)]
-enum Rejection {
-    /// `expired-token` / `invalid-token`: a new token may succeed.
-    Token,
-    /// Suspended installation, missing header or anything unrecognised: pass it on.
-    Terminal,
-}
-
-fn classify_401(body: &[u8]) -> Rejection {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        errors: Option<Vec<Item>>,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Item {
-        error_code: Option<String>,
-        message: Option<String>,
-    }
-    let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
-        return Rejection::Terminal;
-    };
-    let items = env.errors.unwrap_or_default();
-    let retriable = items.iter().any(|i| {
-        matches!(
-            i.error_code.as_deref(),
-            Some("expired-token" | "invalid-token")
-        ) && i.message.as_deref() != Some(NOT_APPROVED)
-    });
-    let terminal = items
-        .iter()
-        .any(|i| i.message.as_deref() == Some(NOT_APPROVED));
-    if retriable && !terminal {
-        Rejection::Token
-    } else {
-        Rejection::Terminal
-    }
-}
-
-/// `Retry-After` as seconds or HTTP-date, as a wait from now.
-pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
-    let s = std::str::from_utf8(value).ok()?.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(s).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -189,7 +145,7 @@ impl Proxy {
         // A cheap clone (shared bytes): the access line needs the path after `req` is consumed.
         let uri = req.uri().clone();
         let mut trace = Trace::default();
-        let resp = match self.forward(req, arrived, &mut trace).await {
+        let resp = match self.forward(req, &mut trace).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics
@@ -221,7 +177,8 @@ impl Proxy {
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        let keys = &self.settings.client_keys;
+        let settings = self.settings.load();
+        let keys = &settings.client_keys;
         if keys.is_empty() {
             return Ok(());
         }
@@ -237,23 +194,22 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        arrived: Instant,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = req.into_parts();
         self.authorize(&parts.headers)?;
+        // One snapshot per request: a reload in the middle does not mix old and new values.
+        let settings = self.settings.load_full();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::NotFound);
         }
-        let tagged = tag::parse(&parts.uri, &parts.headers, &self.settings.eshop_header)?;
+        let tagged = tag::parse(&parts.uri, &parts.headers, &settings.eshop_header)?;
         let eshop_id = tagged.eshop_id;
         trace.eshop_id = Some(eshop_id);
         let mut target = String::with_capacity(
-            self.settings.api_base.len()
-                + tagged.path.len()
-                + tagged.query.map_or(0, |q| q.len() + 1),
+            settings.api_base.len() + tagged.path.len() + tagged.query.map_or(0, |q| q.len() + 1),
         );
-        target.push_str(&self.settings.api_base);
+        target.push_str(&settings.api_base);
         target.push_str(tagged.path);
         if let Some(q) = tagged.query {
             target.push('?');
@@ -263,34 +219,43 @@ impl Proxy {
         let uri = Uri::from_maybe_shared(Bytes::from(target)).map_err(|_| ProxyError::NotFound)?;
 
         let mut headers = parts.headers;
-        let declared_len = rewrite_request_headers(&mut headers, &self.settings.eshop_header)?;
-        headers.insert(header::HOST, self.settings.api_host.clone());
+        let declared_len = rewrite_request_headers(&mut headers, &settings.eshop_header)?;
+        headers.insert(header::HOST, settings.api_host.clone());
 
-        let mut body = match read_for_replay(body, declared_len, self.settings.max_replay_body)
+        let mut body = match read_for_replay(body, declared_len, settings.max_replay_body, MAX_BODY)
             .await
             .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
         {
             ClientBody::Replayable(b) => Outgoing::Replayable(b),
-            ClientBody::Streaming(s) => Outgoing::Once(Some(s)),
+            ClientBody::Streaming(s, over) => Outgoing::Once(Some(s), over),
         };
 
         let eshop = self.eshops.get(eshop_id);
-        let admission = self.flow.admit(&eshop, arrived).await?;
+        eshop.count_request();
+        let admission = self.flow.admit(&eshop).await?;
         trace.queued = admission.queued;
         trace.paced = admission.paced;
         let mut permit = admission.permit;
         let mut token = self.tokens.get(&eshop).await?;
-        let retry_429 = parts.method == Method::GET || parts.method == Method::HEAD;
+        let mut attempt = Attempt {
+            resendable: body.replayable(),
+            idempotent: parts.method == Method::GET || parts.method == Method::HEAD,
+            ..Attempt::default()
+        };
 
         loop {
             let Some(req_body) = body.next() else {
-                // Unreachable: a streamed body is never resent (the loop only continues for
-                // replayable bodies), but answer sanely rather than panic.
-                return Err(ProxyError::UpstreamUnreachable);
+                // The policy resends only a kept body, so a streamed one is never asked for twice.
+                tracing::error!(
+                    eshop_id,
+                    "a streamed request body was asked for a second time"
+                );
+                return Err(ProxyError::Internal("a streamed body was to be resent"));
             };
             // The head is copied only while another attempt may still need it.
-            let may_resend = (body.replayable() && !trace.replayed)
-                || (retry_429 && trace.retries_429 < MAX_429_RETRIES);
+            let may_resend = attempt.resendable
+                && (!attempt.replayed
+                    || (attempt.idempotent && attempt.retries_429 < MAX_429_RETRIES));
             let mut req = Request::new(req_body);
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = uri.clone();
@@ -304,113 +269,115 @@ impl Proxy {
 
             permit.sending();
             let sent = Instant::now();
-            let deadline = tokio::time::Instant::from_std(sent + self.settings.upstream_timeout);
+            let deadline = sent + settings.upstream_timeout;
             let result = tokio::time::timeout_at(deadline, self.client.request(req)).await;
             let took = sent.elapsed();
             trace.upstream += took;
             self.metrics.upstream_duration.observe(took.as_secs_f64());
             let resp = match result {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
+                Ok(Err(_)) if body.overflowed() => return Err(ProxyError::BodyTooLarge),
                 Ok(Err(e)) => {
                     tracing::warn!(eshop_id, error = %e, "upstream request failed");
                     return Err(ProxyError::UpstreamUnreachable);
                 }
                 Ok(Ok(r)) => r,
             };
-            permit.answered(resp.status(), resp.headers(), (sent + took).into());
+            permit.answered(resp.status(), resp.headers(), sent + took);
+            eshop.upstream_answered(resp.status().as_u16());
             trace.request_id = resp.headers().get(&REQUEST_ID).cloned();
 
-            match resp.status() {
-                StatusCode::UNAUTHORIZED => {
-                    let (parts401, body401) = resp.into_parts();
-                    let bytes = match read_up_to(body401, MAX_401_BODY).await {
-                        Ok(Limited::Whole(b)) => b,
-                        // Not an envelope worth parsing: the client gets it unchanged.
-                        Ok(Limited::Over(rest)) => {
-                            return Ok(respond(parts401, RespBody::upstream_prefixed(rest, permit)))
+            // A 401's envelope says whether a new token can help; read it (it is small).
+            let (resp, rejection) = if resp.status() == StatusCode::UNAUTHORIZED {
+                let (parts401, body401) = resp.into_parts();
+                match read_up_to(body401, MAX_401_BODY).await {
+                    Ok(Limited::Whole(b)) => {
+                        let rejection = classify_401(&b);
+                        (Response::from_parts(parts401, Kept::Read(b)), rejection)
+                    }
+                    // Not an envelope worth parsing: the client gets it unchanged.
+                    Ok(Limited::Over(rest)) => {
+                        return Ok(respond(parts401, RespBody::upstream_prefixed(rest, permit)))
+                    }
+                    Err(_) => return Err(ProxyError::UpstreamUnreachable),
+                }
+            } else {
+                (resp.map(Kept::Streaming), Rejection::Terminal)
+            };
+            let answer = match resp.status() {
+                StatusCode::UNAUTHORIZED => Answer::Unauthorized(rejection),
+                StatusCode::TOO_MANY_REQUESTS => Answer::TooManyRequests {
+                    retry_after: resp.headers().get(header::RETRY_AFTER),
+                },
+                status => Answer::Other(status),
+            };
+            match policy::decide(&answer, &attempt, settings.max_retry_wait) {
+                Decision::RefreshAndReplay => {
+                    token = match self.tokens.replace(&eshop, &token).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.metrics
+                                .replays
+                                .with_label_values(&["refresh_failed"])
+                                .inc();
+                            return Err(e);
                         }
-                        Err(_) => return Err(ProxyError::UpstreamUnreachable),
                     };
-                    if classify_401(&bytes) == Rejection::Token {
-                        if body.replayable() && !trace.replayed {
-                            token = match self.tokens.replace(&eshop, &token).await {
-                                Ok(t) => t,
-                                Err(e) => {
-                                    self.metrics
-                                        .replays
-                                        .with_label_values(&["refresh_failed"])
-                                        .inc();
-                                    return Err(e);
-                                }
-                            };
-                            trace.replayed = true;
-                            continue;
-                        }
-                        let outcome = if trace.replayed {
-                            "rejected_again"
-                        } else {
-                            "not_replayable"
-                        };
+                    attempt.replayed = true;
+                    trace.replayed = true;
+                }
+                Decision::WaitAndRetry(wait) => {
+                    self.metrics
+                        .upstream_429
+                        .with_label_values(&["retried"])
+                        .inc();
+                    // Read to the end, so the pooled connection stays open for the retry; a
+                    // large body is not worth the wait and closes it instead.
+                    if let Kept::Streaming(b) = resp.into_body() {
+                        let _ = read_up_to(b, MAX_429_BODY).await;
+                    }
+                    attempt.retries_429 += 1;
+                    trace.retries_429 += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                Decision::PassBack(reason) => {
+                    if let Some(outcome) = reason.replay_label() {
                         self.metrics.replays.with_label_values(&[outcome]).inc();
-                        // The next request should not meet the same dead token.
-                        if !trace.replayed {
-                            let tokens = self.tokens.clone();
-                            let dead = token.clone();
-                            let eshop = eshop.clone();
-                            tokio::spawn(async move {
-                                let _ = tokens.replace(&eshop, &dead).await;
-                            });
-                        }
                     }
-                    return Ok(respond(parts401, RespBody::full(bytes)));
-                }
-                StatusCode::TOO_MANY_REQUESTS
-                    if retry_429 && trace.retries_429 < MAX_429_RETRIES =>
-                {
-                    let wait = match resp.headers().get(header::RETRY_AFTER) {
-                        Some(v) => parse_retry_after(v.as_bytes(), SystemTime::now()),
-                        None => Some(CONCURRENCY_429_BACKOFF * 2u32.pow(trace.retries_429)),
-                    };
-                    match wait {
-                        Some(w) if w <= self.settings.max_retry_wait => {
-                            self.metrics
-                                .upstream_429
-                                .with_label_values(&["retried"])
-                                .inc();
-                            drop(resp);
-                            trace.retries_429 += 1;
-                            tokio::time::sleep(w).await;
-                            continue;
-                        }
-                        _ => {
-                            self.metrics
-                                .upstream_429
-                                .with_label_values(&["returned"])
-                                .inc();
-                            return Ok(stream_back(resp, permit));
-                        }
+                    // The next request should not meet the same dead token.
+                    if reason == Reason::NotReplayable {
+                        let tokens = self.tokens.clone();
+                        let dead = token.clone();
+                        let eshop = eshop.clone();
+                        tokio::spawn(async move {
+                            let _ = tokens.replace(&eshop, &dead).await;
+                        });
                     }
-                }
-                status => {
-                    if status == StatusCode::TOO_MANY_REQUESTS {
+                    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
                         self.metrics
                             .upstream_429
                             .with_label_values(&["returned"])
                             .inc();
                     }
-                    if trace.replayed {
+                    if reason == Reason::Final && attempt.replayed {
                         self.metrics.replays.with_label_values(&["ok"]).inc();
                     }
-                    return Ok(stream_back(resp, permit));
+                    let (parts, kept) = resp.into_parts();
+                    let body = match kept {
+                        Kept::Read(b) => RespBody::full(b),
+                        Kept::Streaming(b) => RespBody::upstream(b, permit),
+                    };
+                    return Ok(respond(parts, body));
                 }
             }
         }
     }
 }
 
-fn stream_back(resp: Response<Incoming>, permit: Permit) -> Response<ProxyBody> {
-    let (parts, body) = resp.into_parts();
-    respond(parts, RespBody::upstream(body, permit))
+/// An upstream answer's body: already read (a 401 envelope), or still to stream.
+enum Kept {
+    Read(Bytes),
+    Streaming(Incoming),
 }
 
 fn respond(mut parts: http::response::Parts, body: ProxyBody) -> Response<ProxyBody> {
@@ -418,18 +385,23 @@ fn respond(mut parts: http::response::Parts, body: ProxyBody) -> Response<ProxyB
     Response::from_parts(parts, body)
 }
 
-/// The request body as it can be sent: again and again, or once.
+/// The request body as it can be sent: again and again, or once (and then it may overflow).
 enum Outgoing {
     Replayable(Bytes),
-    Once(Option<ReqBody>),
+    Once(Option<ReqBody>, Overflow),
 }
 
 impl Outgoing {
     fn next(&mut self) -> Option<ReqBody> {
         match self {
             Outgoing::Replayable(b) => Some(ReqBody::full(b.clone())),
-            Outgoing::Once(b) => b.take(),
+            Outgoing::Once(b, _) => b.take(),
         }
+    }
+
+    /// The streamed body passed [`MAX_BODY`] and was cut off.
+    fn overflowed(&self) -> bool {
+        matches!(self, Outgoing::Once(_, over) if over.happened())
     }
 
     fn replayable(&self) -> bool {
@@ -440,41 +412,6 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expired_and_invalid_tokens_are_replayable() {
-        let expired = br#"{"data":null,"errors":[{"errorCode":"expired-token","message":"Token is expired. Please ask for new one.","instance":"unknown"}],"metadata":{"requestId":"x"}}"#;
-        let invalid = br#"{"data":null,"errors":[{"errorCode":"invalid-token","message":"Invalid access token.","instance":"x"}]}"#;
-        assert_eq!(classify_401(expired), Rejection::Token);
-        assert_eq!(classify_401(invalid), Rejection::Token);
-    }
-
-    #[test]
-    fn not_approved_missing_and_garbage_are_terminal() {
-        let not_approved = br#"{"data":null,"errors":[{"errorCode":"invalid-token","message":"Addon installation is not approved.","instance":"x"}]}"#;
-        let missing = br#"{"data":null,"errors":[{"errorCode":"missing-access-token","message":"Missing access token.","instance":"x"}]}"#;
-        assert_eq!(classify_401(not_approved), Rejection::Terminal);
-        assert_eq!(classify_401(missing), Rejection::Terminal);
-        assert_eq!(classify_401(b"<html>401</html>"), Rejection::Terminal);
-        assert_eq!(classify_401(b""), Rejection::Terminal);
-    }
-
-    #[test]
-    fn retry_after_accepts_seconds_and_http_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_719_835_260);
-        assert_eq!(parse_retry_after(b"3", now), Some(Duration::from_secs(3)));
-        // Mon, 01 Jul 2024 12:01:11 GMT is 11 s after `now`.
-        assert_eq!(
-            parse_retry_after(b"Mon, 01 Jul 2024 12:01:11 GMT", now),
-            Some(Duration::from_secs(11))
-        );
-        assert_eq!(
-            parse_retry_after(b"Mon, 01 Jul 2024 11:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after(b"soon", now), None);
-        assert_eq!(parse_retry_after(b"\xff", now), None);
-    }
 
     #[test]
     fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {

@@ -1,7 +1,9 @@
 //! Requests the proxy sends to the Shoptet API on its own behalf (not for a client), with the
 //! e-shop's current token from the cache, so installing does not mint a token that the first API
-//! call then mints again. What they say is [`crate::shoptet::api`]'s part.
+//! call then mints again. What they say is [`crate::shoptet::api`]'s part; what to do with the
+//! answer is [`super::policy`]'s, as for proxied requests.
 
+use super::policy::{self, Answer, Attempt, Decision};
 use super::Proxy;
 use crate::error::ProxyError;
 use crate::http::body::ReqBody;
@@ -15,12 +17,22 @@ const MAX_ANSWER: usize = 64 * 1024;
 impl Proxy {
     /// Asks Shoptet for a new webhook signature key for `eshop_id` (the old one stops verifying).
     pub async fn renew_signature_key(&self, eshop_id: u64) -> Result<Secret, ProxyError> {
-        let uri: http::Uri = format!("{}{}", self.settings.api_base, api::RENEW_SIGNATURE_KEY)
-            .parse()
-            .map_err(|_| ProxyError::UpstreamUnreachable)?;
+        let uri: http::Uri = format!(
+            "{}{}",
+            self.settings.load().api_base,
+            api::RENEW_SIGNATURE_KEY
+        )
+        .parse()
+        .map_err(|_| ProxyError::Internal("the renew-signature-key URL does not parse"))?;
         let eshop = self.eshops.get(eshop_id);
         let mut token = self.tokens.get(&eshop).await?;
-        for attempt in 0..2 {
+        // A POST: never resent after a 429 (it may have been counted), replayed once after a
+        // token rejection (which proves Shoptet refused it before acting).
+        let mut attempt = Attempt {
+            resendable: true,
+            ..Attempt::default()
+        };
+        loop {
             let req = Request::builder()
                 .method(Method::POST)
                 .uri(uri.clone())
@@ -30,32 +42,53 @@ impl Proxy {
                 )
                 .header("shoptet-access-token", token.header.clone())
                 .body(ReqBody::empty())
-                .map_err(|_| ProxyError::UpstreamUnreachable)?;
-            let resp =
-                tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req))
-                    .await
-                    .map_err(|_| ProxyError::UpstreamTimeout)?
-                    .map_err(|_| ProxyError::UpstreamUnreachable)?;
+                .map_err(|_| ProxyError::Internal("the renew-signature-key request is invalid"))?;
+            let resp = tokio::time::timeout(
+                self.settings.load().upstream_timeout,
+                self.client.request(req),
+            )
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(|e| {
+                tracing::warn!(eshop_id, error = %e, "renew-signature-key: no answer");
+                ProxyError::UpstreamUnreachable
+            })?;
             let status = resp.status();
+            let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
                 .await
                 .map_err(|_| ProxyError::UpstreamUnreachable)?
                 .to_bytes();
-            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                token = self.tokens.replace(&eshop, &token).await?;
-                continue;
+            let answer = match status {
+                StatusCode::UNAUTHORIZED => Answer::Unauthorized(policy::classify_401(&body)),
+                StatusCode::TOO_MANY_REQUESTS => Answer::TooManyRequests {
+                    retry_after: retry_after.as_ref(),
+                },
+                other => Answer::Other(other),
+            };
+            match policy::decide(&answer, &attempt, self.settings.load().max_retry_wait) {
+                Decision::RefreshAndReplay => {
+                    token = self.tokens.replace(&eshop, &token).await?;
+                    attempt.replayed = true;
+                }
+                Decision::WaitAndRetry(wait) => {
+                    attempt.retries_429 += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                Decision::PassBack(reason) => {
+                    let key = api::signature_key(&body).filter(|_| status.is_success());
+                    return key.ok_or_else(|| {
+                        tracing::warn!(
+                            eshop_id,
+                            status = status.as_u16(),
+                            ?reason,
+                            "renew-signature-key failed"
+                        );
+                        ProxyError::UpstreamUnreachable
+                    });
+                }
             }
-            let key = api::signature_key(&body).filter(|_| status.is_success());
-            return key.ok_or_else(|| {
-                tracing::warn!(
-                    eshop_id,
-                    status = status.as_u16(),
-                    "renew-signature-key failed"
-                );
-                ProxyError::UpstreamUnreachable
-            });
         }
-        Err(ProxyError::UpstreamUnreachable)
     }
 }

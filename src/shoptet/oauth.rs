@@ -68,10 +68,16 @@ pub struct OAuthClient {
     client: Client,
     token_url: Uri,
     access_token_url: Uri,
-    client_id: String,
-    client_secret: Option<Secret>,
-    redirect_uri: String,
-    timeout: Duration,
+    /// What a reload may change ([`OAuthClient::set_partner`]); the URLs need a restart.
+    partner: arc_swap::ArcSwap<Partner>,
+}
+
+/// The addon's identity towards the partner OAuth server and how long a call may take.
+pub struct Partner {
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub redirect_uri: String,
+    pub timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -111,11 +117,19 @@ impl OAuthClient {
             client,
             token_url: join(partner_url, "/action/ApiOAuthServer/token")?,
             access_token_url: join(partner_url, "/action/ApiOAuthServer/getAccessToken")?,
-            client_id,
-            client_secret,
-            redirect_uri,
-            timeout,
+            partner: arc_swap::ArcSwap::from_pointee(Partner {
+                client_id,
+                client_secret,
+                redirect_uri,
+                timeout,
+            }),
         })
+    }
+
+    /// Applies a reloaded client id, client secret, redirect URI and timeout to calls made from
+    /// now on.
+    pub fn set_partner(&self, partner: Partner) {
+        self.partner.store(std::sync::Arc::new(partner));
     }
 
     async fn call(&self, req: Request<ReqBody>) -> Result<(StatusCode, Bytes), String> {
@@ -133,9 +147,10 @@ impl OAuthClient {
                 .to_bytes();
             Ok((status, body))
         };
-        tokio::time::timeout(self.timeout, fut)
+        let timeout = self.partner.load().timeout;
+        tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|_| format!("no answer within {timeout:?}"))?
     }
 
     /// getAccessToken with the installation's OAuth token.
@@ -184,14 +199,15 @@ impl OAuthClient {
     /// Exchanges an installation's one-time code for its OAuth token (JSON body, as Shoptet's
     /// official example sends it).
     pub async fn exchange_code(&self, code: &str) -> Result<Grant, ExchangeError> {
+        let partner = self.partner.load_full();
         let mut body = serde_json::json!({
-            "client_id": self.client_id,
+            "client_id": partner.client_id,
             "code": code,
             "grant_type": "authorization_code",
-            "redirect_uri": self.redirect_uri,
+            "redirect_uri": partner.redirect_uri,
             "scope": "api",
         });
-        if let Some(secret) = &self.client_secret {
+        if let Some(secret) = &partner.client_secret {
             body["client_secret"] = serde_json::Value::String(secret.expose().to_owned());
         }
         let req = Request::builder()

@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 
 use super::state::{status_name, State, ACTIVE, SUSPENDED, UNINSTALLED};
 use super::util::{json_value, plain_json, read_body};
-use super::{api, eshop_oauth, webhooks, Body};
+use super::{eshop_oauth, webhooks, Body};
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_value(status, &json!({"error": message}))
@@ -138,7 +138,7 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Respon
         (["jobs", id, "result.jsonl.gz" | "result"], &Method::GET) => {
             match state.jobs.get(*id).filter(|j| j.completed.is_some()) {
                 Some(_) => {
-                    let mut r = plain_json(StatusCode::OK, api::snapshot_result());
+                    let mut r = plain_json(StatusCode::OK, super::endpoints::snapshot_result());
                     r.headers_mut().insert(
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static("application/gzip"),

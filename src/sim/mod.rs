@@ -13,6 +13,7 @@ mod bucket;
 mod cli;
 mod config;
 mod control;
+mod endpoints;
 mod entities;
 mod eshop_oauth;
 mod oauth;

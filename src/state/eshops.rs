@@ -14,7 +14,9 @@
 use crate::limits::flow::Lane;
 use crate::state::tokens::Slot;
 use dashmap::DashMap;
+use serde::Serialize;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Everything kept about one e-shop while the process runs.
@@ -22,6 +24,105 @@ pub struct Eshop {
     pub id: u64,
     pub(crate) token: Slot,
     pub(crate) flow: Lane,
+    /// Proxied requests since start: relaxed counters for the live state, next to the lane the
+    /// request touches anyway, so counting costs no extra cache miss.
+    requests_total: AtomicU64,
+    /// 0 until Shoptet answered a request of this e-shop.
+    last_upstream_status: AtomicU16,
+}
+
+/// What this replica knows about one e-shop now (SPEC B7's `runtime`): no secret.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Runtime {
+    pub token_expires_in_seconds: Option<u64>,
+    pub token_refreshing: bool,
+    /// RFC 3339.
+    pub backoff_until: Option<String>,
+    pub last_token_error: Option<&'static str>,
+    pub in_flight: u32,
+    pub queued: usize,
+    pub bucket: Option<BucketState>,
+    pub last_upstream_status: Option<u16>,
+    pub requests_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketState {
+    pub level: f64,
+    pub capacity: u64,
+    pub paced_total: u64,
+}
+
+impl Runtime {
+    /// An e-shop this process holds no record of: nothing requested since start (or since its
+    /// idle record was evicted).
+    pub fn idle() -> Runtime {
+        Runtime {
+            token_expires_in_seconds: None,
+            token_refreshing: false,
+            backoff_until: None,
+            last_token_error: None,
+            in_flight: 0,
+            queued: 0,
+            bucket: None,
+            last_upstream_status: None,
+            requests_total: 0,
+        }
+    }
+}
+
+impl Eshop {
+    fn new(id: u64, slots: usize) -> Eshop {
+        Eshop {
+            id,
+            token: Slot::default(),
+            flow: Lane::new(slots),
+            requests_total: AtomicU64::new(0),
+            last_upstream_status: AtomicU16::new(0),
+        }
+    }
+
+    /// A proxied request for this e-shop arrived.
+    pub fn count_request(&self) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Shoptet answered one of this e-shop's requests with `status`.
+    pub fn upstream_answered(&self, status: u16) {
+        self.last_upstream_status.store(status, Ordering::Relaxed);
+    }
+
+    /// The live state; each part is read under its own lock, held for a few field reads.
+    pub fn runtime(&self) -> Runtime {
+        let token = self.token.snapshot();
+        let lane = self.flow.snapshot();
+        let status = self.last_upstream_status.load(Ordering::Relaxed);
+        Runtime {
+            // Rounded up: a token with 0.4 s left is not "expired".
+            token_expires_in_seconds: token
+                .expires_in
+                .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+            token_refreshing: token.refreshing,
+            backoff_until: token.backoff_until.and_then(|at| {
+                time::OffsetDateTime::from(at)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            }),
+            last_token_error: token.last_error,
+            in_flight: lane.in_flight,
+            queued: lane.queued,
+            bucket: lane.bucket.map(|b| BucketState {
+                // Tenths: the model's drain is continuous, more digits are noise.
+                level: (b.level * 10.0).round() / 10.0,
+                capacity: b.capacity.round() as u64,
+                paced_total: lane.paced_total,
+            }),
+            last_upstream_status: (status != 0).then_some(status),
+            requests_total: self.requests_total.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl AsRef<Lane> for Eshop {
@@ -52,13 +153,7 @@ impl Eshops {
         }
         self.map
             .entry(eshop_id)
-            .or_insert_with(|| {
-                Arc::new(Eshop {
-                    id: eshop_id,
-                    token: Slot::default(),
-                    flow: Lane::new(self.slots_per_eshop),
-                })
-            })
+            .or_insert_with(|| Arc::new(Eshop::new(eshop_id, self.slots_per_eshop)))
             .clone()
     }
 
@@ -75,6 +170,14 @@ impl Eshops {
             .filter(|e| pick(e.value()))
             .map(|e| e.value().clone())
             .collect()
+    }
+
+    /// Calls `f` on every record, holding each shard's read guard only while `f` runs on its
+    /// records (so `f` must not block or touch the map).
+    pub fn for_each(&self, mut f: impl FnMut(&Eshop)) {
+        for e in self.map.iter() {
+            f(e.value());
+        }
     }
 
     /// Removes the records that no request, task or caller holds and that `idle` accepts;

@@ -5,6 +5,8 @@
 //! - at most one fetch per e-shop runs at a time in this process (the slot's `fetch` mutex), and
 //!   the store's token lock extends that across replicas; whoever waited re-checks and adopts the
 //!   token the fetch produced;
+//! - a fetch, once started, runs to the end in a task of its own and caches its result, so a
+//!   client giving up (hyper dropping its request) never throws away a token Shoptet minted;
 //! - a token with less than `refresh_margin` left keeps serving while one background task renews it;
 //! - a 401 invalidates a token only if it is still the current one, so 20 requests rejected
 //!   together cause one refresh, not 20; a rejected request is replayed only with a token minted
@@ -30,12 +32,14 @@ use crate::telemetry::metrics::Metrics;
 use http::HeaderValue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
-/// How often the e-shops in use have their installation status re-read from the store, so a
-/// change made elsewhere (another replica's `addon:suspend`, `eshops remove`, an uninstall)
-/// reaches this process's cache within this bound rather than at the next token refresh.
-const STATUS_RECHECK: Duration = Duration::from_secs(10);
+/// How often, by default, the e-shops in use have their installation status re-read from the
+/// store, so a change made elsewhere (another replica's `addon:suspend`, `eshops remove`, an
+/// uninstall) reaches this process's cache within this bound rather than at the next token
+/// refresh. Not a configuration key: tests shorten it through [`TokenConfig::status_recheck`].
+pub const STATUS_RECHECK: Duration = Duration::from_secs(10);
 
 /// First backoff after a failed fetch; doubles up to `token_backoff_max` (SPEC B2).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -67,6 +71,8 @@ impl Token {
 pub struct TokenConfig {
     pub refresh_margin: Duration,
     pub backoff_max: Duration,
+    /// Interval of [`TokenCache::watch_statuses`]; [`STATUS_RECHECK`] in production.
+    pub status_recheck: Duration,
 }
 
 pub struct TokenCache {
@@ -74,7 +80,9 @@ pub struct TokenCache {
     store: Store,
     oauth: Arc<OAuthClient>,
     metrics: Arc<Metrics>,
-    cfg: TokenConfig,
+    /// Replaced by a reload ([`TokenCache::reconfigure`]); read on every token lookup, hence
+    /// lock-free.
+    cfg: arc_swap::ArcSwap<TokenConfig>,
     generations: AtomicU64,
 }
 
@@ -162,7 +170,7 @@ impl TokenCache {
             store,
             oauth,
             metrics,
-            cfg,
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             generations: AtomicU64::new(1),
         }
     }
@@ -195,10 +203,15 @@ impl TokenCache {
         ))
     }
 
+    /// Applies a reloaded `refresh_margin` and `token_backoff_max`.
+    pub fn reconfigure(&self, cfg: TokenConfig) {
+        self.cfg.store(Arc::new(cfg));
+    }
+
     /// Below this a cached token is not sent: it could expire on the way. Above it but within
     /// the margin, it is sent while a background refresh runs.
     fn min_left(&self) -> Duration {
-        (self.cfg.refresh_margin / 2).min(Duration::from_secs(10))
+        (self.cfg.load().refresh_margin / 2).min(Duration::from_secs(10))
     }
 
     /// The token to send for `eshop` now.
@@ -216,7 +229,7 @@ impl TokenCache {
             }
             if let Some(t) = st.usable(now, self.min_left(), None) {
                 drop(st);
-                if t.remaining_at(now) <= self.cfg.refresh_margin {
+                if t.remaining_at(now) <= self.cfg.load().refresh_margin {
                     self.refresh_in_background(eshop);
                 }
                 return Ok(t);
@@ -225,9 +238,7 @@ impl TokenCache {
                 return Err(e);
             }
         }
-        // Boxed: the fetch's state machine (store and OAuth calls) is kilobytes, and inline it
-        // would make every request's future that large, copied whole each time it moves.
-        Box::pin(self.fetch(eshop, self.min_left(), None)).await
+        self.fetch_detached(eshop, self.min_left(), None).await
     }
 
     /// Shoptet rejected `rejected` with `expired-token`/`invalid-token`: get a token to replay
@@ -235,7 +246,7 @@ impl TokenCache {
     pub async fn replace(
         self: &Arc<Self>,
         eshop: &Arc<Eshop>,
-        rejected: &Token,
+        rejected: &Arc<Token>,
     ) -> Result<Arc<Token>, ProxyError> {
         {
             let mut st = lock(&eshop.token.state);
@@ -248,13 +259,37 @@ impl TokenCache {
                 return Ok(t);
             }
         }
-        Box::pin(self.fetch(eshop, self.min_left(), Some(rejected))).await
+        self.fetch_detached(eshop, self.min_left(), Some(rejected.clone()))
+            .await
     }
 
-    /// Re-reads, every `STATUS_RECHECK`, the installation status of the e-shops used since the
+    /// Runs [`TokenCache::fetch`] in a task of its own and waits for it. A client may give up
+    /// at any moment (SPEC B2), and hyper then drops its request's future; a getAccessToken
+    /// call dropped after Shoptet minted the token and before it was cached would burn one of
+    /// the installation's 5 valid tokens. The task runs to the end and caches its result
+    /// whoever still waits; the waiters queued behind it on the slot's fetch lock re-check and
+    /// take that result rather than fetch again. (Also keeps the fetch's kilobytes-large state
+    /// machine out of every request's future.)
+    async fn fetch_detached(
+        self: &Arc<Self>,
+        eshop: &Arc<Eshop>,
+        min_left: Duration,
+        rejected: Option<Arc<Token>>,
+    ) -> Result<Arc<Token>, ProxyError> {
+        let this = self.clone();
+        let eshop = eshop.clone();
+        let task =
+            tokio::spawn(async move { this.fetch(&eshop, min_left, rejected.as_deref()).await });
+        task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "token fetch task failed");
+            Err(ProxyError::Internal("the token fetch task failed"))
+        })
+    }
+
+    /// Re-reads, every `status_recheck`, the installation status of the e-shops used since the
     /// previous pass and applies changes made elsewhere. Runs until the task is dropped.
     pub async fn watch_statuses(self: Arc<Self>) {
-        let mut every = tokio::time::interval(STATUS_RECHECK);
+        let mut every = tokio::time::interval(self.cfg.load().status_recheck);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
         loop {
@@ -317,7 +352,9 @@ impl TokenCache {
         let eshop = eshop.clone();
         tokio::spawn(async move {
             // Errors are recorded in the slot (backoff) and counted; the old token serves on.
-            let _ = this.fetch(&eshop, this.cfg.refresh_margin, None).await;
+            let _ = this
+                .fetch(&eshop, this.cfg.load().refresh_margin, None)
+                .await;
             eshop.token.refreshing.store(false, Ordering::Release);
         });
     }
@@ -369,7 +406,7 @@ impl TokenCache {
             Err(error) => {
                 let backoff = st
                     .backoff
-                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(self.cfg.backoff_max));
+                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(self.cfg.load().backoff_max));
                 st.backoff = Some(backoff);
                 st.failure = Some(Failure {
                     error: error.clone(),
@@ -417,7 +454,7 @@ impl TokenCache {
                 .expires_at
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
-            if left > self.cfg.refresh_margin
+            if left > self.cfg.load().refresh_margin
                 && rejected.is_none_or(|r| r != stored.token.expose().as_bytes())
             {
                 lock.release().await;
@@ -498,6 +535,36 @@ impl TokenCache {
     }
 }
 
+/// What one e-shop's token state is now, for the live state (SPEC B7 `runtime`): no secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSnapshot {
+    /// Left on the cached token, if any.
+    pub expires_in: Option<Duration>,
+    pub refreshing: bool,
+    /// Requests fail fast until then.
+    pub backoff_until: Option<SystemTime>,
+    /// The errorCode of the last failed fetch, until a fetch succeeds.
+    pub last_error: Option<&'static str>,
+}
+
+impl Slot {
+    /// A copy of the slot's state; holds its lock for a few field reads.
+    pub fn snapshot(&self) -> TokenSnapshot {
+        let st = lock(&self.state);
+        let now = Instant::now();
+        TokenSnapshot {
+            expires_in: st.token.as_ref().map(|t| t.remaining_at(now)),
+            refreshing: self.refreshing.load(Ordering::Relaxed),
+            backoff_until: st
+                .failure
+                .as_ref()
+                .filter(|f| f.until > now)
+                .map(|f| SystemTime::now() + (f.until - now)),
+            last_error: st.failure.as_ref().map(|f| f.error.code()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +593,7 @@ mod tests {
             TokenConfig {
                 refresh_margin: Duration::from_secs(300),
                 backoff_max: Duration::from_secs(10),
+                status_recheck: STATUS_RECHECK,
             },
         )
         .expect("cache");

@@ -65,12 +65,15 @@ pub struct Keyring {
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Key ids are public fingerprints; the keys themselves never print.
-        let hex = |id: &[u8; KEY_ID_LEN]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
         f.debug_struct("Keyring")
-            .field("current", &hex(&self.current.id))
+            .field("current", &hex_id(&self.current.id))
             .field(
                 "previous",
-                &self.previous.iter().map(|k| hex(&k.id)).collect::<Vec<_>>(),
+                &self
+                    .previous
+                    .iter()
+                    .map(|k| hex_id(&k.id))
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -158,6 +161,27 @@ impl Keyring {
             .map_err(|_| fail())
     }
 
+    /// The ids of the ring's keys in hex, the current one first (public fingerprints).
+    pub fn key_ids(&self) -> Vec<String> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|k| hex_id(&k.id))
+            .collect()
+    }
+
+    /// The id (hex) of the key that sealed `sealed` when the ring has no such key; `None` when
+    /// the ring can open it by key id (or it is no sealed value at all, which opening reports).
+    pub(crate) fn foreign_key_id(&self, sealed: &[u8]) -> Option<String> {
+        if sealed.len() < HEADER_LEN || sealed[0] != VERSION {
+            return None;
+        }
+        let id = &sealed[1..1 + KEY_ID_LEN];
+        let known = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .any(|k| k.id == id);
+        (!known).then(|| id.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Whether `sealed` was written under the current key (so `rekey` can leave it alone).
     pub(crate) fn is_current(&self, sealed: &[u8]) -> bool {
         sealed.len() >= HEADER_LEN
@@ -175,6 +199,10 @@ fn random_key() -> [u8; 32] {
     let mut key = [0u8; 32];
     OsRng.fill_bytes(&mut key);
     key
+}
+
+fn hex_id(id: &[u8; KEY_ID_LEN]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn associated_data(eshop_id: u64, column: &str) -> String {
@@ -260,6 +288,20 @@ mod tests {
         assert!(rotated.is_current(&fresh));
         assert!(old.open(7, "access_token", &fresh).is_err());
         assert!(ring(2, &[]).open(7, "access_token", &sealed).is_err());
+    }
+
+    #[test]
+    fn foreign_key_ids_are_named_and_known_ones_are_not() {
+        let old = ring(1, &[]);
+        let sealed = old.seal(7, "oauth_token", b"tok").unwrap();
+        let other = ring(2, &[]);
+        assert_eq!(
+            other.foreign_key_id(&sealed),
+            Some(old.key_ids()[0].clone())
+        );
+        assert_eq!(ring(2, &[1]).foreign_key_id(&sealed), None);
+        assert_eq!(old.foreign_key_id(&sealed), None);
+        assert_eq!(other.foreign_key_id(b"short"), None);
     }
 
     #[test]

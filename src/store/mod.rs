@@ -7,8 +7,8 @@
 //! only ever move sealed bytes and cannot leak a token by construction. Dispatch is a plain enum
 //! (no trait objects) so a `Store` is a cheap `Clone` of two `Arc`s.
 
-mod admin;
 mod crypto;
+mod listing;
 mod migrations;
 mod postgres;
 mod sqlite;
@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
-pub use admin::{import_installation, render_list_json, render_list_table};
 pub use crypto::{generate_key_base64, Keyring};
+pub use listing::{render_list_json, render_list_table};
 
 /// Errors of the store. None of them carries a secret value: sealed-value failures name the
 /// e-shop and column, key-file failures name the path.
@@ -306,9 +306,11 @@ impl Store {
     }
 
     /// Install, re-install or import: replaces the OAuth token, makes the e-shop active and sets
-    /// `installed_at` to now. The stored API access token belonged to the old OAuth token, so it
-    /// is replaced by `access_token` (the one minted during installation) or cleared. A `None`
-    /// URL or e-mail keeps the stored one; the signature key is kept until a new one is saved.
+    /// `installed_at` to now. Every other secret belonged to the old installation, so none
+    /// survives (SPEC B5): the API access token is replaced by `access_token` (the one minted
+    /// during installation) or cleared, the signature key is cleared until a new one is saved.
+    /// A `None` URL or e-mail keeps the stored one. Runs under the e-shop's token lock, so a
+    /// token fetch of the old installation still in flight saves its token before, not after.
     pub async fn upsert_installation(
         &self,
         new: &NewInstallation,
@@ -325,7 +327,10 @@ impl Store {
                 .map(|t| self.seal_access_token(eshop_id, t))
                 .transpose()?,
         };
-        dispatch!(self, b => b.upsert(row).await)
+        let lock = self.lock_token(eshop_id).await?;
+        let upserted = dispatch!(self, b => b.upsert(row).await);
+        lock.release().await;
+        upserted
     }
 
     /// Returns `false` when the e-shop is unknown.
@@ -362,6 +367,24 @@ impl Store {
     pub async fn list(&self) -> Result<Vec<InstallationSummary>, StoreError> {
         let rows = dispatch!(self, b => b.list().await)?;
         rows.into_iter().map(summary).collect()
+    }
+
+    /// One installation as [`Store::list`] shows it; `None` when it is not in the store.
+    pub async fn summary(&self, eshop_id: u64) -> Result<Option<InstallationSummary>, StoreError> {
+        let Some(inst) = self.get(eshop_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(InstallationSummary {
+            eshop_id,
+            eshop_url: inst.eshop_url,
+            contact_email: inst.contact_email,
+            status: inst.status,
+            installed_at: rfc3339(millis(inst.installed_at))?,
+            token_expires_at: inst
+                .access_token
+                .map(|t| rfc3339(millis(t.expires_at)))
+                .transpose()?,
+        }))
     }
 
     /// Deletes the installation; `false` when it was unknown.
@@ -514,6 +537,30 @@ impl Store {
             // Ids come in table order, a row's columns together.
             changed.dedup();
             rewritten += u64::try_from(changed.len()).unwrap_or(u64::MAX);
+        }
+    }
+
+    /// The ids of the keys this store was opened with, the current one first.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.key_ids()
+    }
+
+    /// The ids of keys that sealed stored values but are not among this store's keys, sorted:
+    /// empty when every value can be opened by key id. Reads every secret column once (as
+    /// `rekey` does), so `serve` can refuse a store whose key is wrong before serving anything.
+    pub async fn foreign_key_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut after = i64::MIN;
+        let mut foreign = std::collections::BTreeSet::new();
+        loop {
+            let batch = dispatch!(self, b => b.secrets_batch(after, REKEY_BATCH).await)?;
+            let Some(last) = batch.last() else {
+                return Ok(foreign.into_iter().collect());
+            };
+            after = last.eshop_id;
+            for row in batch {
+                let ids = row.values.iter().flatten();
+                foreign.extend(ids.filter_map(|v| self.keys.foreign_key_id(v)));
+            }
         }
     }
 

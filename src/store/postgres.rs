@@ -104,7 +104,8 @@ impl PgStore {
                  oauth_token = excluded.oauth_token, status = 'active', \
                  installed_at = excluded.installed_at, updated_at = excluded.updated_at, \
                  access_token = excluded.access_token, \
-                 access_token_expires_at = excluded.access_token_expires_at",
+                 access_token_expires_at = excluded.access_token_expires_at, \
+                 signature_key = NULL",
             )
             .await?;
         c.execute(

@@ -42,6 +42,8 @@ pub const UPSTREAM_429_ACTIONS: [&str; 2] = ["retried", "returned"];
 pub const WEBHOOK_RESULTS: [&str; 4] = ["received", "rejected", "delivered", "failed"];
 /// `shoptet_proxy_installations{status}`.
 pub const INSTALLATION_STATUSES: [&str; 3] = ["active", "suspended", "uninstalled"];
+/// `shoptet_proxy_config_reloads_total{result}`.
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +66,9 @@ pub struct Metrics {
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
+    pub config_reloads: IntCounterVec,
+    /// Mirrors [`super::logging::dropped_lines`], brought up to date at each scrape.
+    pub log_lines_dropped: IntCounter,
 }
 
 fn histogram(name: &str, help: &str) -> Histogram {
@@ -168,6 +173,16 @@ impl Metrics {
                 "Deliveries to the addon waiting in the durable outbox.",
             )
             .expect("static gauge"),
+            config_reloads: counter_vec(
+                "shoptet_proxy_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result (ok, error).",
+                &["result"],
+            ),
+            log_lines_dropped: IntCounter::new(
+                "shoptet_proxy_log_lines_dropped_total",
+                "Log lines dropped because the log writer fell behind (bounded buffer).",
+            )
+            .expect("static counter"),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -183,6 +198,7 @@ impl Metrics {
             (&m.replays, &REPLAY_RESULTS[..]),
             (&m.upstream_429, &UPSTREAM_429_ACTIONS[..]),
             (&m.webhooks, &WEBHOOK_RESULTS[..]),
+            (&m.config_reloads, &RELOAD_RESULTS[..]),
         ] {
             for v in values {
                 family.with_label_values(&[v]);
@@ -213,6 +229,8 @@ impl Metrics {
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
+            Box::new(m.config_reloads.clone()),
+            Box::new(m.log_lines_dropped.clone()),
         ];
         for c in collectors {
             m.registry
@@ -236,8 +254,33 @@ impl Metrics {
             .inc();
     }
 
+    /// A one-label counter family's series as (label value, count), in label order: what the
+    /// status pages show of `token_fetches` and `proxy_errors`.
+    pub fn by_label(family: &IntCounterVec) -> Vec<(String, u64)> {
+        use prometheus::core::Collector;
+        let mut out: Vec<(String, u64)> = family
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| {
+                let label = m.get_label().first().map(|l| l.value().to_owned());
+                (
+                    label.unwrap_or_default(),
+                    m.get_counter().get_value() as u64,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        let dropped = super::logging::dropped_lines();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -28,6 +28,15 @@ pub fn tool(tool: &str, require_env: &str) -> Option<PathBuf> {
     found
 }
 
+/// A loopback port the OS just assigned to a probe socket, for a listener whose address must be
+/// known before it starts (a restarted proxy, HAProxy's configuration).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("probe a free loopback port")
+        .port()
+}
+
 /// Secrets a test proxy runs with, each distinctive so a leak is found by a plain search.
 pub struct Secrets {
     pub client_secret: String,
@@ -132,7 +141,21 @@ pub fn sim_config(secrets: &Secrets) -> SimConfig {
 /// process's `SHOPTET_PROXY_*` (cargo sets some for the build), `CREDENTIALS_DIRECTORY`,
 /// `NOTIFY_SOCKET` or `RUST_LOG`: only what the test passes reaches it.
 pub fn command(dir: &Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoptet-proxy"));
+    wrapped_command(dir, &[])
+}
+
+/// [`command`] run through `wrapper` (a program and its arguments, the binary's path appended),
+/// e.g. `systemd-socket-activate -l ADDR`.
+pub fn wrapped_command(dir: &Path, wrapper: &[&str]) -> std::process::Command {
+    let binary = env!("CARGO_BIN_EXE_shoptet-proxy");
+    let mut cmd = match wrapper {
+        [] => std::process::Command::new(binary),
+        [program, args @ ..] => {
+            let mut cmd = std::process::Command::new(program);
+            cmd.args(args).arg(binary);
+            cmd
+        }
+    };
     cmd.current_dir(dir)
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("NOTIFY_SOCKET")
@@ -261,12 +284,6 @@ impl Served {
     /// Like [`Served::start`], with extra environment (e.g. `SHOPTET_PROXY_*` overrides).
     pub fn start_with(config: &Path, rust_log: &str, env: &[(&str, &str)]) -> Served {
         let mut cmd = command(config.parent().expect("config dir"));
-        cmd.arg("--config")
-            .arg(config)
-            .arg("serve")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
         cmd.envs(env.iter().copied());
         // An empty `rust_log` leaves the level to the config file.
         if rust_log.is_empty() {
@@ -274,7 +291,21 @@ impl Served {
         } else {
             cmd.env("RUST_LOG", rust_log);
         }
+        Served::spawn(cmd, config, || {})
+    }
+
+    /// Starts `cmd` (the binary, perhaps through a wrapper; see [`wrapped_command`]) with
+    /// `--config config serve`, calls `trigger` (e.g. a first connection a wrapper waits for),
+    /// and waits for the "listening" line.
+    pub fn spawn(mut cmd: std::process::Command, config: &Path, trigger: impl FnOnce()) -> Served {
+        cmd.arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn shoptet-proxy serve");
+        trigger();
         let stdout = std::sync::Arc::default();
         let stderr = std::sync::Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -350,6 +381,11 @@ impl Served {
             out.join("\n"),
             err.join("\n")
         );
+    }
+
+    /// Every stdout line printed so far (the process keeps running).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("lines").clone()
     }
 
     /// The process id, e.g. to read `/proc/<pid>/status`.

@@ -5,6 +5,7 @@
 //! Test support: it panics with a clear message when setting up fails.
 
 use super::Harness;
+use shoptet_proxy::sim::testing::TestClient;
 use shoptet_proxy::sim::SimConfig;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -81,60 +82,88 @@ impl Harness {
 
     /// Runs `c` to its end and reports what its clients saw.
     pub async fn fire(&self, c: Clients) -> Load {
-        let url = self.eshop_url(c.eshop, "/api/eshop");
-        let start = Instant::now();
-        let end = start + c.duration;
-        let sent = Arc::new(AtomicUsize::new(0));
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..c.clients {
-            let (client, url, sent) = (self.client.clone(), url.clone(), sent.clone());
-            let sizes = c.sizes;
-            let gap = c.gap;
-            tasks.spawn(async move {
-                let mut done = Vec::new();
-                let mut failures = 0;
-                while Instant::now() < end {
-                    let n = sent.fetch_add(1, Ordering::Relaxed);
-                    let size = sizes[n % sizes.len()].to_string();
-                    let headers: &[(&str, &str)] = if size == "0" {
-                        &[]
-                    } else {
-                        &[("x-sim-response-size", &size)]
-                    };
-                    let t = Instant::now();
-                    // A request still waiting at the end is not counted: the run is over.
-                    let Ok(r) = tokio::time::timeout_at(end, client.get(&url, headers)).await
-                    else {
-                        break;
-                    };
-                    let took = t.elapsed();
-                    if r.status == http::StatusCode::OK {
-                        done.push((t - start + took, took));
-                    } else {
-                        failures += 1;
-                    }
-                    if !gap.is_zero() {
-                        tokio::time::sleep(gap).await;
-                    }
-                }
-                (done, failures)
-            });
-        }
-        let mut load = Load {
-            duration: c.duration,
-            done: Vec::new(),
-            failures: 0,
+        let target = Target {
+            url: self.eshop_url(c.eshop, "/api/eshop"),
+            headers: Vec::new(),
         };
-        while let Some(r) = tasks.join_next().await {
-            let (done, failures) = r.expect("a client task finished");
-            load.done.extend(done);
-            load.failures += failures;
-        }
-        load
+        fire_at(&self.client, &[target], c).await
     }
 
     /// 429 answers the simulator gave, in all.
     pub fn sim_429(&self) -> u64 {
         self.stats().status429
     }
+}
+
+/// One way of addressing the e-shop's `/api/eshop`: a URL and the headers sent with it (the
+/// tag, when it is not in the path).
+#[derive(Clone)]
+pub struct Target {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Target {
+    /// The headers as a request takes them.
+    pub fn header_refs(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+}
+
+/// Runs `c` against `targets` (request `n` goes to `targets[n % len]`; `c.eshop` is not used)
+/// and reports what its clients saw.
+pub async fn fire_at(client: &TestClient, targets: &[Target], c: Clients) -> Load {
+    let targets: Arc<[Target]> = targets.into();
+    let start = Instant::now();
+    let end = start + c.duration;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..c.clients {
+        let (client, targets, sent) = (client.clone(), targets.clone(), sent.clone());
+        let sizes = c.sizes;
+        let gap = c.gap;
+        tasks.spawn(async move {
+            let mut done = Vec::new();
+            let mut failures = 0;
+            while Instant::now() < end {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                let target = &targets[n % targets.len()];
+                let size = sizes[n % sizes.len()].to_string();
+                let mut headers = target.header_refs();
+                if size != "0" {
+                    headers.push(("x-sim-response-size", &size));
+                }
+                let t = Instant::now();
+                // A request still waiting at the end is not counted: the run is over.
+                let answer = client.get(&target.url, &headers);
+                let Ok(r) = tokio::time::timeout_at(end, answer).await else {
+                    break;
+                };
+                let took = t.elapsed();
+                if r.status == http::StatusCode::OK {
+                    done.push((t - start + took, took));
+                } else {
+                    failures += 1;
+                }
+                if !gap.is_zero() {
+                    tokio::time::sleep(gap).await;
+                }
+            }
+            (done, failures)
+        });
+    }
+    let mut load = Load {
+        duration: c.duration,
+        done: Vec::new(),
+        failures: 0,
+    };
+    while let Some(r) = tasks.join_next().await {
+        let (done, failures) = r.expect("a client task finished");
+        load.done.extend(done);
+        load.failures += failures;
+    }
+    load
 }

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod cluster;
 pub mod deploy;
 pub mod load;
 pub mod pg;
@@ -400,4 +401,29 @@ pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// The `email` of every order at `base` (the simulator, or a proxy) read page by page with
+/// `headers` (a token, or an e-shop tag): tests mark each order they create with a unique one.
+pub async fn order_emails(http: &TestClient, base: &str, headers: &[(&str, &str)]) -> Vec<String> {
+    let mut emails = Vec::new();
+    for page in 1.. {
+        let r = http
+            .get(
+                &format!("{base}/api/orders?page={page}&itemsPerPage=100"),
+                headers,
+            )
+            .await;
+        assert_eq!(r.status, 200, "orders page {page}: {}", r.text());
+        let v = r.json();
+        for o in v["data"]["orders"].as_array().into_iter().flatten() {
+            if let Some(e) = o["email"].as_str() {
+                emails.push(e.to_owned());
+            }
+        }
+        if v["data"]["paginator"]["pageCount"].as_u64() <= Some(page) {
+            break;
+        }
+    }
+    emails
 }

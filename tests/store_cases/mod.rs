@@ -5,8 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoptet_proxy::secret::Secret;
 use shoptet_proxy::store::{
-    import_installation, AccessToken, Keyring, NewInstallation, OutboxKind, Status, Store,
-    StoreError,
+    AccessToken, Keyring, NewInstallation, OutboxKind, Status, Store, StoreError,
 };
 
 /// One fresh, empty database (a temp SQLite file or a PostgreSQL schema) and its store key.
@@ -317,15 +316,14 @@ pub async fn import_is_an_upsert_without_access_token(b: &Backend) {
         .await
         .unwrap();
     store.set_status(42, Status::Uninstalled).await.unwrap();
-    import_installation(
-        &store,
-        42,
-        Secret::new("imported"),
-        Some("https://imported.example".into()),
-        None,
-    )
-    .await
-    .unwrap();
+    // What `eshops import` and `PUT /admin/eshops/{id}` store (crate::install).
+    let imported = NewInstallation {
+        eshop_id: 42,
+        eshop_url: Some("https://imported.example".into()),
+        contact_email: None,
+        oauth_token: Secret::new("imported"),
+    };
+    store.upsert_installation(&imported, None).await.unwrap();
     let got = store.get(42).await.unwrap().unwrap();
     assert_eq!(got.oauth_token.expose(), "imported");
     assert_eq!(got.status, Status::Active);

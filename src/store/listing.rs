@@ -1,30 +1,9 @@
-//! Store operations behind the `eshops` commands: import, and the two renderings of `eshops list`.
+//! The two renderings of the installation list: `GET /admin/eshops` and `eshops list`.
 //!
 //! They live here, not in `main.rs`, so the admin HTTP endpoint and the command line print the
 //! same `{"eshops":[...]}` object and tests can check the output without running the binary.
 
-use crate::secret::Secret;
-
-use super::{InstallationSummary, NewInstallation, Store, StoreError};
-
-/// `eshops import`: stores an installation whose OAuth token the addon already holds. Like a
-/// re-install, it replaces any existing OAuth token, makes the e-shop active and clears the
-/// stored API access token.
-pub async fn import_installation(
-    store: &Store,
-    eshop_id: u64,
-    oauth_token: Secret,
-    eshop_url: Option<String>,
-    contact_email: Option<String>,
-) -> Result<(), StoreError> {
-    let new = NewInstallation {
-        eshop_id,
-        eshop_url,
-        contact_email,
-        oauth_token,
-    };
-    store.upsert_installation(&new, None).await
-}
+use super::InstallationSummary;
 
 /// `{"eshops":[...]}`, the body of `GET /admin/eshops` and the output of `eshops list --json`.
 pub fn render_list_json(eshops: &[InstallationSummary]) -> String {
