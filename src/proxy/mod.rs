@@ -9,7 +9,7 @@
 
 use crate::error::ProxyError;
 use crate::http::body::{
-    read_for_replay, read_up_to, ClientBody, Limited, Overflow, ReqBody, RespBody,
+    read_for_replay, read_up_to, ClientBody, Overflow, ReadUpTo, ReqBody, RespBody,
 };
 use crate::limits::flow::{Flow, Permit};
 use crate::secret::Secret;
@@ -302,12 +302,12 @@ impl Proxy {
             let (resp, rejection) = if resp.status() == StatusCode::UNAUTHORIZED {
                 let (parts401, body401) = resp.into_parts();
                 match read_up_to(body401, MAX_401_BODY).await {
-                    Ok(Limited::Whole(b)) => {
+                    Ok(ReadUpTo::Whole(b)) => {
                         let rejection = classify_401(&b);
                         (Response::from_parts(parts401, Kept::Read(b)), rejection)
                     }
                     // Not an envelope worth parsing: the client gets it unchanged.
-                    Ok(Limited::Over(rest)) => {
+                    Ok(ReadUpTo::Over(rest)) => {
                         return Ok(respond(parts401, RespBody::upstream_prefixed(rest, permit)))
                     }
                     Err(_) => return Err(ProxyError::UpstreamUnreachable),

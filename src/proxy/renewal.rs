@@ -5,7 +5,7 @@
 
 use super::{respond, Proxy, ProxyBody};
 use crate::error::ProxyError;
-use crate::http::body::{read_up_to, Limited, RespBody};
+use crate::http::body::{read_up_to, ReadUpTo, RespBody};
 use crate::limits::flow::Permit;
 use crate::shoptet::api;
 use http::{Method, Response, StatusCode};
@@ -32,8 +32,8 @@ impl Proxy {
         debug_assert_eq!(resp.status(), StatusCode::OK);
         let (parts, body) = resp.into_parts();
         let bytes = match read_up_to(body, MAX_ANSWER).await {
-            Ok(Limited::Whole(b)) => b,
-            Ok(Limited::Over(rest)) => {
+            Ok(ReadUpTo::Whole(b)) => b,
+            Ok(ReadUpTo::Over(rest)) => {
                 tracing::warn!(
                     eshop_id,
                     "renew-signature-key: answer too large to read; key not adopted"
