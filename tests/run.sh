@@ -16,6 +16,7 @@ command -v node >/dev/null || need+=(nodejs)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "tests/run.sh: installing ${need[*]}" >&2
