@@ -24,6 +24,7 @@ use crate::state::eshops::Eshops;
 use crate::state::tokens::{TokenCache, TokenConfig};
 use crate::store::{Keyring, Store, StoreError};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::Tracer;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -164,12 +165,14 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         token_config(cfg),
     ));
     let flow = Flow::new(flow_config(cfg), metrics.clone());
+    let tracer = tracer(cfg, &client, &metrics);
     let proxy = Arc::new(Proxy {
         settings: ArcSwap::from_pointee(proxy_settings(cfg)?),
         client,
         eshops,
         tokens,
         flow,
+        tracer,
         metrics: metrics.clone(),
     });
     Ok(Core {
@@ -177,6 +180,21 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         oauth,
         proxy,
     })
+}
+
+/// The trace exporter, when `[telemetry] otlp_endpoint` is set and a runtime runs to carry it.
+fn tracer(cfg: &Config, client: &client::Client, metrics: &Metrics) -> Option<Tracer> {
+    let t = &cfg.telemetry;
+    if t.otlp_endpoint.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+        return None;
+    }
+    Some(Tracer::start(
+        &t.otlp_endpoint,
+        t.sample_ratio,
+        &t.service_name,
+        client.clone(),
+        metrics.trace_spans_dropped.clone(),
+    ))
 }
 
 // What a reload may change, built from a configuration. `start` builds the first values with
@@ -649,6 +667,7 @@ fn keep_restart_values(running: &Config, new: &mut Config) -> Vec<&'static str> 
     keep!("shoptet.ca_file", shoptet.ca_file);
     keep!("store", store);
     keep!("log.format", log.format);
+    keep!("telemetry", telemetry);
     // New certificate and key files apply; turning TLS on or off does not.
     let tls = |c: &Config| c.public.tls_cert_file.is_some() && c.public.tls_key_file.is_some();
     if tls(new) != tls(running) {

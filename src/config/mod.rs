@@ -66,6 +66,7 @@ pub struct Config {
     pub admin: Admin,
     pub store: Store,
     pub log: Log,
+    pub telemetry: Telemetry,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +150,15 @@ pub struct Log {
     pub level: String,
 }
 
+/// `[telemetry]`: OTLP/HTTP trace export (SPEC B7). Also the redacted view: nothing secret here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Telemetry {
+    /// Base URL of the collector ("" = no traces); spans go to `<base>/v1/traces`.
+    pub otlp_endpoint: String,
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
 impl Config {
     /// Loads from `path` (or `./config.toml`, which may be absent) and the process environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -211,6 +221,7 @@ struct RawConfig {
     admin: RawAdmin,
     store: RawStore,
     log: RawLog,
+    telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,6 +416,26 @@ impl Default for RawLog {
         RawLog {
             format: "text".into(),
             level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawTelemetry {
+    #[serde(deserialize_with = "text")]
+    otlp_endpoint: String,
+    sample_ratio: f64,
+    #[serde(deserialize_with = "text")]
+    service_name: String,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        RawTelemetry {
+            otlp_endpoint: String::new(),
+            sample_ratio: 1.0,
+            service_name: "shoptet-proxy".into(),
         }
     }
 }
@@ -652,6 +683,7 @@ impl Validator<'_> {
             admin: self.admin(raw.admin)?,
             store: self.store(raw.store)?,
             log: self.log(raw.log)?,
+            telemetry: self.telemetry(raw.telemetry)?,
         })
     }
 
@@ -827,6 +859,23 @@ impl Validator<'_> {
         })
     }
 
+    fn telemetry(&self, raw: RawTelemetry) -> Result<Telemetry, ConfigError> {
+        if !raw.otlp_endpoint.is_empty() {
+            self.http_url("telemetry.otlp_endpoint", &raw.otlp_endpoint)?;
+        }
+        if !(0.0..=1.0).contains(&raw.sample_ratio) {
+            return Err(self.err(
+                "telemetry.sample_ratio",
+                format!("{} is not between 0 and 1", raw.sample_ratio),
+            ));
+        }
+        Ok(Telemetry {
+            otlp_endpoint: raw.otlp_endpoint.trim_end_matches('/').to_string(),
+            sample_ratio: raw.sample_ratio,
+            service_name: raw.service_name,
+        })
+    }
+
     fn log(&self, raw: RawLog) -> Result<Log, ConfigError> {
         let format = match raw.format.as_str() {
             "text" => LogFormat::Text,
@@ -998,6 +1047,7 @@ struct RedactedView {
     admin: AdminView,
     store: StoreView,
     log: LogView,
+    telemetry: Telemetry,
 }
 
 #[derive(Serialize)]
@@ -1170,6 +1220,7 @@ impl From<&Config> for RedactedView {
                 },
                 level: c.log.level.clone(),
             },
+            telemetry: c.telemetry.clone(),
         }
     }
 }
