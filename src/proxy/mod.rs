@@ -305,7 +305,10 @@ impl Proxy {
             let took = sent.elapsed();
             if let (Some(spans), Some(id)) = (trace.spans.as_deref_mut(), attempt_span) {
                 let outcome = match &result {
-                    Ok(Ok(r)) => ("http.response.status_code", Value::Int(r.status().as_u16().into())),
+                    Ok(Ok(r)) => (
+                        "http.response.status_code",
+                        Value::Int(r.status().as_u16().into()),
+                    ),
                     Ok(Err(_)) => ("error.type", Value::Str("unreachable".into())),
                     Err(_) => ("error.type", Value::Str("timeout".into())),
                 };
@@ -314,7 +317,15 @@ impl Proxy {
                     outcome,
                 ];
                 let parent = Some(spans.server_id);
-                spans.record(id, parent, "upstream", Kind::Client, sent, sent + took, attrs);
+                spans.record(
+                    id,
+                    parent,
+                    "upstream",
+                    Kind::Client,
+                    sent,
+                    sent + took,
+                    attrs,
+                );
             }
             trace.upstream += took;
             self.metrics.upstream_duration.observe(took.as_secs_f64());
@@ -431,7 +442,15 @@ fn token_span(spans: &mut RequestSpans, waited: Instant, token: &crate::state::t
     if let (Some((start, took)), "minted") = (token.fetch, source) {
         let attrs = vec![("rpc.method", Value::Str("getAccessToken".into()))];
         let span = traces::new_span_id();
-        spans.record(span, Some(id), "getAccessToken", Kind::Client, start, start + took, attrs);
+        spans.record(
+            span,
+            Some(id),
+            "getAccessToken",
+            Kind::Client,
+            start,
+            start + took,
+            attrs,
+        );
     }
 }
 
@@ -461,7 +480,15 @@ fn finish_trace(
     }
     let (id, parent) = (spans.server_id, spans.parent);
     let name = format!("{method} {route}");
-    spans.record(id, parent, name, Kind::Server, arrived, Instant::now(), attrs);
+    spans.record(
+        id,
+        parent,
+        name,
+        Kind::Server,
+        arrived,
+        Instant::now(),
+        attrs,
+    );
     tracer.finish(spans);
 }
 

@@ -506,11 +506,7 @@ impl TokenCache {
         }
         lock.release().await;
         tracing::debug!(eshop_id, "minted a new API access token");
-        Ok(self.ready(
-            token,
-            rejected.is_some(),
-            Some((started, took)),
-        ))
+        Ok(self.ready(token, rejected.is_some(), Some((started, took))))
     }
 
     fn ready(

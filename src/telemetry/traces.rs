@@ -88,7 +88,9 @@ impl Context {
         let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
         if version.len() != 2
             || version == "ff"
-            || !version.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            || !version
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
             || (version == "00" && parts.next().is_some())
             || [trace, span, flags]
                 .iter()
@@ -113,7 +115,11 @@ impl Context {
     pub fn header(&self) -> HeaderValue {
         let mut s = String::with_capacity(55);
         s.push_str("00-");
-        for b in self.trace_id.iter().chain(self.span_id.iter()) {
+        for b in self.trace_id {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s.push('-');
+        for b in self.span_id {
             s.push_str(&format!("{b:02x}"));
         }
         s.push_str(if self.sampled { "-01" } else { "-00" });
@@ -434,11 +440,19 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "garbage",
         ] {
-            assert_eq!(Context::parse(&HeaderValue::from_static(bad)), None, "{bad}");
+            assert_eq!(
+                Context::parse(&HeaderValue::from_static(bad)),
+                None,
+                "{bad}"
+            );
         }
         let later = HeaderValue::from_static(
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra",
         );
-        assert!(!Context::parse(&later).expect("a later version parses").sampled);
+        assert!(
+            !Context::parse(&later)
+                .expect("a later version parses")
+                .sampled
+        );
     }
 }
