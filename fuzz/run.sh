@@ -24,7 +24,7 @@ unset CARGO_TARGET_DIR
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
-targets=(tag config webhook retry_after bucket_header)
+targets=(tag config webhook retry_after bucket_header settings_seal)
 cargo fuzz build
 # Run the built binaries directly: `cargo fuzz run` would re-check the build for every target.
 bin="fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release"

@@ -17,6 +17,8 @@ use crate::listeners::activation::Passed;
 use crate::listeners::admin::{Admin, Readiness};
 use crate::listeners::public::{Public, PublicSettings};
 use crate::listeners::server::{self, Shutdown};
+use crate::listeners::settings::identity::Credentials;
+use crate::listeners::settings::{PagesConfig, SettingsPages};
 use crate::listeners::tls::Certificate;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::shoptet::oauth::{OAuthClient, Partner};
@@ -29,6 +31,7 @@ use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::task::JoinSet;
@@ -68,7 +71,8 @@ pub struct Running {
     pub public_addr: Option<SocketAddr>,
     /// Applies a reloaded configuration to the running listeners.
     pub reloader: Reloader,
-    /// The proxy and public listeners, the outbox worker and the status re-check.
+    /// The proxy and public listeners, the outbox worker, the status re-check and the store
+    /// probe.
     tasks: JoinSet<()>,
     /// The admin listener outlives the drain: `/readyz` answers 503 and `/metrics` stays
     /// scrapable while in-flight requests finish, and it stops only after everything else.
@@ -384,6 +388,23 @@ pub async fn start_with(
             proxy: app.proxy.clone(),
             metrics: app.metrics.clone(),
             outbox: wake.clone(),
+            pages: Arc::new(SettingsPages::new(
+                PagesConfig {
+                    settings_url: app.cfg.addon.settings_url.clone(),
+                    session_ttl: app.cfg.addon.settings_session_ttl,
+                    frame_ancestors: app.cfg.addon.settings_frame_ancestors.clone(),
+                    creds: Credentials {
+                        client_id: app.cfg.shoptet.client_id.clone(),
+                        client_secret: app.cfg.shoptet.client_secret.clone(),
+                        redirect_uri: app.cfg.shoptet.settings_redirect_uri.clone(),
+                    },
+                    oauth_timeout: app.cfg.proxy.upstream_timeout,
+                },
+                app.store.clone(),
+                app.proxy.clone(),
+                client::client(None, app.cfg.shoptet.connect_timeout)?,
+                app.metrics.clone(),
+            )),
         });
         public_handle = Some(public.clone());
         tasks.spawn(server::serve(
@@ -415,6 +436,18 @@ pub async fn start_with(
             }
         });
     }
+    // `serve` reached the store to open it; from now on the probe keeps the gauge current.
+    app.metrics.store_up.set(1);
+    {
+        let (store, metrics, shutdown) =
+            (app.store.clone(), app.metrics.clone(), app.shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = watch_store(store, metrics) => {}
+                _ = shutdown.wait() => {}
+            }
+        });
+    }
     app.readiness.set_bound();
     tracing::info!(
         %proxy_addr,
@@ -442,6 +475,20 @@ pub async fn start_with(
         admin,
         admin_shutdown,
     })
+}
+
+/// How often `shoptet_proxy_store_up` is brought up to date between scrapes.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Pings the store every [`STORE_PROBE_EVERY`] so `shoptet_proxy_store_up` and the log tell when
+/// it goes away and comes back; nothing waits on this, requests meet an outage on their own.
+async fn watch_store(store: Store, metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(STORE_PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        crate::listeners::admin::probe_store(&store, &metrics).await;
+    }
 }
 
 /// Opens the store named by the config with the key files it names. `serve` refuses to run
@@ -668,6 +715,17 @@ fn keep_restart_values(running: &Config, new: &mut Config) -> Vec<&'static str> 
     keep!("store", store);
     keep!("log.format", log.format);
     keep!("telemetry", telemetry);
+    // The settings pages (B9) are built once with the public listener.
+    keep!("addon.settings_url", addon.settings_url);
+    keep!("addon.settings_session_ttl", addon.settings_session_ttl);
+    keep!(
+        "addon.settings_frame_ancestors",
+        addon.settings_frame_ancestors
+    );
+    keep!(
+        "shoptet.settings_redirect_uri",
+        shoptet.settings_redirect_uri
+    );
     // New certificate and key files apply; turning TLS on or off does not.
     let tls = |c: &Config| c.public.tls_cert_file.is_some() && c.public.tls_key_file.is_some();
     if tls(new) != tls(running) {

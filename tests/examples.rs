@@ -1,6 +1,7 @@
 //! The example addons in examples/ (PHP, Python, Node) run end to end against `shoptet-proxy
 //! demo`: each test runs `examples/run.sh LANG`, which starts the addon and the demo on free
-//! loopback ports and checks every line the addon prints. A missing runtime makes run.sh exit 77:
+//! loopback ports and checks every line the addon prints, its settings page included (opened
+//! through the simulated administration and the proxy's `/settings`, as a browser would). A missing runtime makes run.sh exit 77:
 //! the test then prints "skipped" and passes, unless `SHOPTET_PROXY_REQUIRE_EXAMPLES=1` (CI)
 //! makes that a failure.
 
@@ -31,6 +32,10 @@ fn run_example(lang: &str) {
     assert!(
         stdout.contains("\nwebhook order:create "),
         "examples/run.sh {lang} passed without the webhook line:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("\nsettings saved Ahoj světe\n"),
+        "examples/run.sh {lang} passed without the settings page:\n{stdout}"
     );
 }
 

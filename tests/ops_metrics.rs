@@ -229,6 +229,7 @@ async fn dashboard_and_alert_rules_name_only_exported_metrics() {
         "shoptet_proxy_token_fetches_total",
         "shoptet_proxy_outbox_depth",
         "shoptet_proxy_requests_total",
+        "shoptet_proxy_store_up",
     ] {
         assert!(rule_names.contains(name), "no alert on {name}");
     }

@@ -4,6 +4,10 @@
 // the proxy's "installed" event it lists orders, registers an `order:create` webhook, creates an
 // order, and waits for that order's webhook, printing one line per step.
 //
+// Its settings page (/settings/..., served to the e-shop admin through the proxy's /settings)
+// greets the admin and saves one setting. The proxy has verified who the admin is and says so in
+// X-Shoptet-* headers; the page uses only those and relative links (no cookie, no token).
+//
 //   PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
 //       node addon.mjs
 
@@ -52,9 +56,39 @@ async function onInstalled(eshopId) {
 // onInstalled rejects it and, unhandled, ends the process with an error.
 let myOrder;
 
+// One setting per e-shop; a real addon keeps it in its database.
+const greetings = new Map();
+const escape = (s) =>
+  s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+
+// The settings page: who is looking comes from the proxy's identity headers.
+function settingsPage(req, res, raw) {
+  const eshop = req.headers["x-shoptet-eshop-id"];
+  if (!eshop) return res.writeHead(403).end(); // not through the proxy's /settings
+  // Non-ASCII values arrive percent-encoded (UTF-8).
+  const name = decodeURIComponent(req.headers["x-shoptet-user-name"] ?? "");
+  const email = decodeURIComponent(req.headers["x-shoptet-user-email"] ?? "");
+  if (req.method === "POST" && req.url.split("?")[0].endsWith("/save")) {
+    greetings.set(eshop, new URLSearchParams(raw).get("greeting") ?? "");
+    console.log(`settings saved ${greetings.get(eshop)}`);
+    // Relative: stays in the session.
+    return res.writeHead(303, { Location: "./", "Content-Length": "0" }).end();
+  }
+  console.log(`settings shown ${eshop} ${name}`);
+  const greeting = greetings.get(eshop) ?? "Hello from the addon";
+  res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" }).end(
+    `<!doctype html><meta charset=utf-8><title>Addon settings</title>` +
+      `<h1>Hello, ${escape(name)}!</h1><p>E-shop <b>${escape(eshop)}</b>, signed in as ${escape(email)}.</p>` +
+      `<p>Greeting: <q>${escape(greeting)}</q></p>` +
+      `<form method=post action="save"><input name=greeting value="${escape(greeting)}">` +
+      `<button>Save</button></form><p><a href="about">About</a></p>`,
+  );
+}
+
 const server = http.createServer(async (req, res) => {
   let raw = "";
   for await (const chunk of req) raw += chunk;
+  if (req.url.startsWith("/settings/")) return settingsPage(req, res, raw);
   let message;
   try {
     message = JSON.parse(raw);
@@ -72,7 +106,7 @@ const server = http.createServer(async (req, res) => {
     // The webhook may overtake the answer to our POST: wait for the order's code first.
     if (myOrder && message.eventInstance === (await myOrder)) {
       console.log(`webhook order:create ${message.eventInstance}`);
-      process.exit(0); // the walkthrough is complete; a real addon keeps serving
+      // Keeps serving the settings page.
     }
   }
 });

@@ -6,6 +6,10 @@
 // the proxy's "installed" event it lists orders, registers an `order:create` webhook, creates an
 // order, and waits for that order's webhook, printing one line per step.
 //
+// Its settings page (/settings/..., served to the e-shop admin through the proxy's /settings)
+// greets the admin and saves one setting. The proxy has verified who the admin is and says so in
+// X-Shoptet-* headers; the page uses only those and relative links (no cookie, no token).
+//
 //   PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
 //       php addon.php
 
@@ -62,21 +66,53 @@ function onInstalled(int $eshopId): string
 }
 
 /**
- * Reads one HTTP request (the proxy always sends a Content-Length); returns [path, JSON body],
- * the body null when it is not a JSON object.
+ * Reads one HTTP request (the proxy always sends a Content-Length); returns [method, path,
+ * headers (lowercase names), raw body].
  */
 function readRequest($conn): array
 {
     $requestLine = (string) fgets($conn); // "POST /events HTTP/1.1"
-    $length = 0;
+    $headers = [];
     while (($line = fgets($conn)) !== false && trim($line) !== '') {
-        if (stripos($line, 'Content-Length:') === 0) {
-            $length = (int) substr($line, strlen('Content-Length:'));
-        }
+        [$name, $value] = array_map('trim', explode(':', $line, 2)) + [1 => ''];
+        $headers[strtolower($name)] = $value;
     }
+    $length = (int) ($headers['content-length'] ?? 0);
     $body = $length > 0 ? (string) stream_get_contents($conn, $length) : '';
-    $message = json_decode($body, true);
-    return [explode(' ', $requestLine)[1] ?? '', is_array($message) ? $message : null];
+    $parts = explode(' ', $requestLine);
+    return [$parts[0], $parts[1] ?? '', $headers, $body];
+}
+
+/** One setting per e-shop; a real addon keeps it in its database. */
+$greetings = [];
+
+/** The settings page: who is looking comes from the proxy's identity headers. */
+function settingsPage(string $method, string $path, array $headers, string $body, array &$greetings): string
+{
+    $eshop = $headers['x-shoptet-eshop-id'] ?? '';
+    if ($eshop === '') {
+        return "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"; // not through the proxy's /settings
+    }
+    // Non-ASCII values arrive percent-encoded (UTF-8).
+    $name = rawurldecode($headers['x-shoptet-user-name'] ?? '');
+    $email = rawurldecode($headers['x-shoptet-user-email'] ?? '');
+    if ($method === 'POST' && str_ends_with(explode('?', $path)[0], '/save')) {
+        parse_str($body, $form);
+        $greetings[$eshop] = (string) ($form['greeting'] ?? '');
+        echo "settings saved {$greetings[$eshop]}\n";
+        // Relative: stays in the session.
+        return "HTTP/1.1 303 See Other\r\nLocation: ./\r\nContent-Length: 0\r\n";
+    }
+    echo "settings shown $eshop $name\n";
+    $e = fn (string $s): string => htmlspecialchars($s, ENT_QUOTES);
+    $greeting = $greetings[$eshop] ?? 'Hello from the addon';
+    $page = '<!doctype html><meta charset=utf-8><title>Addon settings</title>'
+        . "<h1>Hello, {$e($name)}!</h1><p>E-shop <b>{$e($eshop)}</b>, signed in as {$e($email)}.</p>"
+        . "<p>Greeting: <q>{$e($greeting)}</q></p>"
+        . "<form method=post action=\"save\"><input name=greeting value=\"{$e($greeting)}\">"
+        . '<button>Save</button></form><p><a href="about">About</a></p>';
+    return "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "
+        . strlen($page) . "\r\n\r\n" . $page;
 }
 
 $server = stream_socket_server('tcp://127.0.0.1:' . ADDON_PORT, $errno, $error);
@@ -88,7 +124,16 @@ echo 'listening on http://127.0.0.1:' . ADDON_PORT . "\n";
 
 $myOrder = null;
 while ($conn = stream_socket_accept($server, -1)) {
-    [$path, $message] = readRequest($conn);
+    [$method, $path, $headers, $body] = readRequest($conn);
+    if (str_starts_with($path, '/settings/')) {
+        $answer = settingsPage($method, $path, $headers, $body, $greetings);
+        // A head-only answer still needs its blank line.
+        fwrite($conn, str_contains($answer, "\r\n\r\n") ? $answer : "{$answer}Connection: close\r\n\r\n");
+        fclose($conn);
+        continue;
+    }
+    $message = json_decode($body, true);
+    $message = is_array($message) ? $message : null;
     // Answer at once (the proxy, like Shoptet, waits 4 s at most) and work afterwards.
     $status = $message === null ? '400 Bad Request' : '200 OK';
     fwrite($conn, "HTTP/1.1 $status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -101,6 +146,6 @@ while ($conn = stream_socket_accept($server, -1)) {
     } elseif ($path === '/webhooks' && $event === 'order:create'
         && ($message['eventInstance'] ?? null) === $myOrder) {
         echo "webhook order:create $myOrder\n";
-        exit(0); // the walkthrough is complete; a real addon keeps serving
+        // Keeps serving the settings page.
     }
 }

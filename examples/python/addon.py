@@ -4,6 +4,10 @@ It never handles OAuth or access tokens: the proxy holds them and adds them to e
 proxy's "installed" event it lists orders, registers an `order:create` webhook, creates an order,
 and waits for that order's webhook, printing one line per step.
 
+Its settings page (/settings/..., served to the e-shop admin through the proxy's /settings) greets
+the admin and saves one setting. The proxy has verified who the admin is and says so in
+X-Shoptet-* headers; the page uses only those and relative links (no cookie, no token).
+
     pip install requests
     PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
         python3 addon.py
@@ -12,8 +16,10 @@ and waits for that order's webhook, printing one line per step.
 import json
 import os
 import queue
+import html
 import sys
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
@@ -54,9 +60,58 @@ def on_installed(eshop_id):
     return order["code"]
 
 
+# One setting per e-shop; a real addon keeps it in its database.
+GREETINGS = {}
+
+
+def settings_page(handler, method):
+    """The settings page: who is looking comes from the proxy's identity headers."""
+    eshop = handler.headers.get("X-Shoptet-Eshop-Id")
+    if not eshop:
+        handler.send_error(403)  # not through the proxy's /settings
+        return
+    # Non-ASCII values arrive percent-encoded (UTF-8).
+    name = urllib.parse.unquote(handler.headers.get("X-Shoptet-User-Name", ""))
+    email = urllib.parse.unquote(handler.headers.get("X-Shoptet-User-Email", ""))
+    if method == "POST" and handler.path.split("?")[0].endswith("/save"):
+        length = int(handler.headers.get("Content-Length", 0))
+        form = urllib.parse.parse_qs(handler.rfile.read(length).decode())
+        GREETINGS[eshop] = form.get("greeting", [""])[0]
+        print(f"settings saved {GREETINGS[eshop]}")
+        handler.send_response(303)
+        handler.send_header("Location", "./")  # relative: stays in the session
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return
+    print(f"settings shown {eshop} {name}")
+    greeting = GREETINGS.get(eshop, "Hello from the addon")
+    e = html.escape
+    page = (
+        f"<!doctype html><meta charset=utf-8><title>Addon settings</title>"
+        f"<h1>Hello, {e(name)}!</h1><p>E-shop <b>{e(eshop)}</b>, signed in as {e(email)}.</p>"
+        f"<p>Greeting: <q>{e(greeting)}</q></p>"
+        f'<form method=post action="save"><input name=greeting value="{e(greeting)}">'
+        f'<button>Save</button></form><p><a href="about">About</a></p>'
+    ).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/html; charset=utf-8")
+    handler.send_header("Content-Length", str(len(page)))
+    handler.end_headers()
+    handler.wfile.write(page)
+
+
 def handler_for(inbox):
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/settings/"):
+                settings_page(self, "GET")
+            else:
+                self.send_error(404)
+
         def do_POST(self):
+            if self.path.startswith("/settings/"):
+                settings_page(self, "POST")
+                return
             length = int(self.headers.get("Content-Length", 0))
             try:
                 message = json.loads(self.rfile.read(length))
@@ -92,7 +147,7 @@ def main():
         elif path == "/webhooks" and event == "order:create":
             if message.get("eventInstance") == my_order:
                 print(f"webhook order:create {my_order}")
-                return  # the walkthrough is complete; a real addon keeps serving
+                # Keeps serving the settings page.
 
 
 if __name__ == "__main__":

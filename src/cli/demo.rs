@@ -6,6 +6,10 @@
 //! addresses (defaults 127.0.0.1:8080, :9090, and :8081 for the public listener) so the printed
 //! lines match the README; `[addon] events_url`/`webhooks_url` from the configuration or the
 //! environment receive the "installed" event and webhooks, which is how the examples run.
+//!
+//! The settings page (SPEC B9) is on too: `[addon] settings_url` from the configuration, or else a
+//! small page of the demo's own ([`super::demo_settings`]); the simulator's administration frames
+//! the proxy's `/settings` link, and its URL is printed to open in a browser.
 
 use crate::app::{self, StartError};
 use crate::config::Config;
@@ -33,6 +37,8 @@ pub enum DemoError {
     Dir(PathBuf, std::io::Error),
     #[error("the simulated installation failed: {0}")]
     Install(String),
+    #[error("the demo settings page cannot listen: {0}")]
+    SettingsPage(std::io::Error),
 }
 
 /// Removes the throwaway store when the demo ends, however it ends.
@@ -47,8 +53,13 @@ impl Drop for TempDir {
 pub async fn run(mut cfg: Config) -> Result<(), DemoError> {
     let public = *cfg.public.listen.get_or_insert(DEMO_PUBLIC);
     let public_url = format!("http://{public}");
+    let settings_redirect = format!("{public_url}/settings/authorized");
     let sim_cfg = SimConfig {
         addon_webhook_url: Some(format!("{public_url}/webhooks")),
+        settings_url: Some(format!(
+            "{public_url}/settings?eshopId=#SHOP_ID#&language=#LANGUAGE#&code=#OAUTH_CODE#"
+        )),
+        settings_redirect_uri: Some(settings_redirect.clone()),
         ..SimConfig::default()
     };
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -66,6 +77,17 @@ pub async fn run(mut cfg: Config) -> Result<(), DemoError> {
     cfg.shoptet.client_id = sim_cfg.client_id.clone();
     cfg.shoptet.client_secret = Some(Secret::new(sim_cfg.client_secret.clone()));
     cfg.shoptet.redirect_uri = format!("{public_url}/install");
+    cfg.shoptet.settings_redirect_uri = settings_redirect;
+    if cfg.addon.settings_url.is_none() {
+        let page = super::demo_settings::start()
+            .await
+            .map_err(DemoError::SettingsPage)?;
+        cfg.addon.settings_url = page.parse().ok();
+    }
+    // The simulated administration is on loopback, not on *.myshoptet.com.
+    cfg.addon
+        .settings_frame_ancestors
+        .push(sim.base_url().trim_end_matches('/').to_owned());
     cfg.store.url = format!("sqlite://{}", dir.0.join("demo.db").display());
     // Loopback callers only; Shoptet's real source ranges do not apply here.
     cfg.public.install_allow.clear();
@@ -83,7 +105,8 @@ pub async fn run(mut cfg: Config) -> Result<(), DemoError> {
          \n  proxy listener:      http://{p}\
          \n  admin listener:      http://{a}\
          \n  public listener:     {public_url}   (Shoptet's install and webhook calls)\
-         \n  installed e-shop:    {DEMO_ESHOP}\n\
+         \n  installed e-shop:    {DEMO_ESHOP}\
+         \n  settings page:       {s}/eshops/{DEMO_ESHOP}/admin/settings?language=cs   (open it in a browser)\n\
          \nTry:\
          \n  curl -s -H 'X-Shoptet-Eshop-Id: {DEMO_ESHOP}' http://{p}/api/eshop\
          \n  curl -s 'http://{p}/eshops/{DEMO_ESHOP}/api/orders?page=1&itemsPerPage=5'\

@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod demo;
+pub mod demo_settings;
 
 use std::path::{Path, PathBuf};
 

@@ -76,6 +76,9 @@ pub struct Shoptet {
     pub client_id: String,
     pub client_secret: Option<Secret>,
     pub redirect_uri: String,
+    /// A5's "URL for user authorization" (B9): as configured, or `redirect_uri` with the path
+    /// `/settings/authorized`; empty only when both are.
+    pub settings_redirect_uri: String,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
 }
@@ -118,6 +121,11 @@ pub struct Addon {
     pub events_url: Option<url::Url>,
     pub webhooks_url: Option<url::Url>,
     pub retry_max: Duration,
+    /// Where `/settings/s/<session>/...` is forwarded (B9); `None` turns `/settings` off.
+    pub settings_url: Option<url::Url>,
+    pub settings_session_ttl: Duration,
+    /// CSP `frame-ancestors` sources allowed besides the e-shop's own and Shoptet's.
+    pub settings_frame_ancestors: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +248,8 @@ struct RawShoptet {
     #[serde(deserialize_with = "text")]
     redirect_uri: String,
     #[serde(deserialize_with = "text")]
+    settings_redirect_uri: String,
+    #[serde(deserialize_with = "text")]
     ca_file: String,
     #[serde(deserialize_with = "text")]
     connect_timeout: String,
@@ -254,6 +264,7 @@ impl Default for RawShoptet {
             client_secret: String::new(),
             client_secret_file: String::new(),
             redirect_uri: String::new(),
+            settings_redirect_uri: String::new(),
             ca_file: String::new(),
             connect_timeout: "5s".into(),
         }
@@ -351,6 +362,12 @@ struct RawAddon {
     webhooks_url: String,
     #[serde(deserialize_with = "text")]
     retry_max: String,
+    #[serde(deserialize_with = "text")]
+    settings_url: String,
+    #[serde(deserialize_with = "text")]
+    settings_session_ttl: String,
+    #[serde(deserialize_with = "text_list")]
+    settings_frame_ancestors: Vec<String>,
 }
 
 impl Default for RawAddon {
@@ -359,6 +376,9 @@ impl Default for RawAddon {
             events_url: String::new(),
             webhooks_url: String::new(),
             retry_max: "15s".into(),
+            settings_url: String::new(),
+            settings_session_ttl: "1h".into(),
+            settings_frame_ancestors: Vec::new(),
         }
     }
 }
@@ -729,6 +749,8 @@ impl Validator<'_> {
             partner_url: self.http_url("shoptet.partner_url", &raw.partner_url)?,
             client_id: raw.client_id,
             client_secret,
+            settings_redirect_uri: self
+                .settings_redirect_uri(&raw.settings_redirect_uri, &raw.redirect_uri)?,
             redirect_uri: raw.redirect_uri,
             ca_file: non_empty(&raw.ca_file).map(|p| self.secret_path(p)),
             connect_timeout: self
@@ -813,7 +835,54 @@ impl Validator<'_> {
             events_url: optional_url("addon.events_url", &raw.events_url)?,
             webhooks_url: optional_url("addon.webhooks_url", &raw.webhooks_url)?,
             retry_max: self.positive_duration("addon.retry_max", &raw.retry_max)?,
+            settings_url: optional_url("addon.settings_url", &raw.settings_url)?,
+            settings_session_ttl: self
+                .positive_duration("addon.settings_session_ttl", &raw.settings_session_ttl)?,
+            settings_frame_ancestors: self.frame_ancestors(&raw.settings_frame_ancestors)?,
         })
+    }
+
+    /// `settings_redirect_uri` as set, else `redirect_uri` with the path `/settings/authorized`
+    /// (query and fragment dropped); empty when neither is set.
+    fn settings_redirect_uri(
+        &self,
+        value: &str,
+        redirect_uri: &str,
+    ) -> Result<String, ConfigError> {
+        if let Some(v) = non_empty(value) {
+            return self
+                .http_url("shoptet.settings_redirect_uri", v)
+                .map(|u| u.to_string());
+        }
+        let Some(base) = non_empty(redirect_uri) else {
+            return Ok(String::new());
+        };
+        let mut url = self.http_url("shoptet.redirect_uri", base)?;
+        url.set_path("/settings/authorized");
+        url.set_query(None);
+        url.set_fragment(None);
+        Ok(url.to_string())
+    }
+
+    /// CSP source expressions: one token each, so none can end the directive or add another.
+    fn frame_ancestors(&self, values: &[String]) -> Result<Vec<String>, ConfigError> {
+        values
+            .iter()
+            .map(|v| {
+                let v = v.trim();
+                let ok = !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"'));
+                if ok {
+                    Ok(v.to_owned())
+                } else {
+                    Err(self.err(
+                        "addon.settings_frame_ancestors",
+                        format!("{v:?} is not a CSP source (e.g. \"https://admin.example.com\")"),
+                    ))
+                }
+            })
+            .collect()
     }
 
     fn admin(&self, raw: RawAdmin) -> Result<Admin, ConfigError> {
@@ -1057,6 +1126,7 @@ struct ShoptetView {
     client_id: String,
     client_secret: String,
     redirect_uri: String,
+    settings_redirect_uri: String,
     ca_file: String,
     connect_timeout: String,
 }
@@ -1096,6 +1166,9 @@ struct AddonView {
     events_url: String,
     webhooks_url: String,
     retry_max: String,
+    settings_url: String,
+    settings_session_ttl: String,
+    settings_frame_ancestors: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -1164,6 +1237,7 @@ impl From<&Config> for RedactedView {
                 client_id: c.shoptet.client_id.clone(),
                 client_secret: show_redacted(&c.shoptet.client_secret),
                 redirect_uri: c.shoptet.redirect_uri.clone(),
+                settings_redirect_uri: c.shoptet.settings_redirect_uri.clone(),
                 ca_file: show_path(&c.shoptet.ca_file),
                 connect_timeout: show_duration(c.shoptet.connect_timeout),
             },
@@ -1197,6 +1271,9 @@ impl From<&Config> for RedactedView {
                 events_url: show_opt(&c.addon.events_url),
                 webhooks_url: show_opt(&c.addon.webhooks_url),
                 retry_max: show_duration(c.addon.retry_max),
+                settings_url: show_opt(&c.addon.settings_url),
+                settings_session_ttl: show_duration(c.addon.settings_session_ttl),
+                settings_frame_ancestors: c.addon.settings_frame_ancestors.clone(),
             },
             admin: AdminView {
                 listen: c.admin.listen.to_string(),
@@ -1275,6 +1352,10 @@ mod tests {
         assert_eq!(c.proxy.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.proxy.eshop_header, "x-shoptet-eshop-id");
         assert_eq!(c.proxy.refresh_margin, Duration::from_secs(300));
+        assert_eq!(c.shoptet.settings_redirect_uri, "");
+        assert_eq!(c.addon.settings_url, None);
+        assert_eq!(c.addon.settings_session_ttl, Duration::from_secs(3600));
+        assert!(c.addon.settings_frame_ancestors.is_empty());
         assert_eq!(c.proxy.max_replay_body, 1_048_576);
         assert_eq!(
             (
@@ -1720,5 +1801,32 @@ mod tests {
             redact_url_password("sqlite://data/p.db"),
             "sqlite://data/p.db"
         );
+    }
+
+    #[test]
+    fn settings_redirect_uri_defaults_to_redirect_uri_with_the_settings_path() {
+        let c = load_ok(
+            "[shoptet]\nredirect_uri = \"https://addon.example.com/shoptet/install?x=1\"",
+            &[],
+        );
+        assert_eq!(
+            c.shoptet.settings_redirect_uri,
+            "https://addon.example.com/settings/authorized"
+        );
+        let c = load_ok(
+            "[shoptet]\nredirect_uri = \"https://a.example/install\"\nsettings_redirect_uri = \"https://b.example/settings/authorized\"",
+            &[],
+        );
+        assert_eq!(
+            c.shoptet.settings_redirect_uri,
+            "https://b.example/settings/authorized"
+        );
+        let err = load(
+            "[addon]\nsettings_frame_ancestors = [\"https://a.example; script-src *\"]",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("addon.settings_frame_ancestors"), "{err}");
     }
 }

@@ -122,6 +122,19 @@ impl ReqBody {
     pub fn full(bytes: Bytes) -> Self {
         ReqBody::Buffered((!bytes.is_empty()).then_some(bytes))
     }
+
+    /// The client's body, streamed through as it arrives (never replayed), cut off past `cap`.
+    pub fn stream(body: Incoming, cap: u64) -> Self {
+        ReqBody::Streaming(Streamed {
+            body: Prefixed {
+                prefix: VecDeque::new(),
+                rest: body,
+            },
+            sent: 0,
+            cap,
+            over: Overflow::default(),
+        })
+    }
 }
 
 impl Body for ReqBody {

@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An import body is the code-exchange answer: a few hundred bytes.
 const MAX_IMPORT_BODY: usize = 64 * 1024;
@@ -99,6 +100,27 @@ fn html(status: StatusCode, page: String) -> Response<AdminBody> {
     resp
 }
 
+/// How long a store check may take before the store counts as down.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pings the store and sets `shoptet_proxy_store_up`; `true` when it answered. Run at each
+/// scrape and every second by `app` (SPEC B10), logging only when the answer changes.
+pub async fn probe_store(store: &Store, metrics: &Metrics) -> bool {
+    let result = match tokio::time::timeout(STORE_PROBE_TIMEOUT, store.ping()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer within 1 s".to_owned()),
+    };
+    let up = result.is_ok();
+    let was_up = metrics.store_up.get() == 1;
+    metrics.store_up.set(i64::from(up));
+    match result {
+        Err(e) if was_up => tracing::error!(error = %e, "store unreachable"),
+        Ok(()) if !was_up => tracing::info!("store reachable again"),
+        _ => {}
+    }
+    up
+}
+
 fn store_failed(e: impl std::fmt::Display) -> Response<AdminBody> {
     tracing::error!(error = %e, "store operation failed");
     ProxyError::StoreUnavailable.to_response()
@@ -168,21 +190,30 @@ impl Admin {
         }
     }
 
+    /// The store was reached at start (`serve` opened it before binding); a later outage does
+    /// not take this replica out of the balancer while cached tokens still serve (SPEC B10).
     async fn readyz(&self) -> Response<AdminBody> {
         if !self.readiness.is_ready() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
         }
-        match self.store.ping().await {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(e) => {
-                tracing::warn!(error = %e, "readiness: store unreachable");
-                text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n")
-            }
-        }
+        text(StatusCode::OK, "ready\n")
     }
 
     async fn metrics(&self) -> Response<AdminBody> {
-        // Store-backed gauges are read at scrape time: cheap, and always current.
+        // Store-backed gauges are read at scrape time: cheap, and always current. During an
+        // outage they keep their last values rather than make the scrape wait on the store.
+        if probe_store(&self.store, &self.metrics).await {
+            self.store_gauges().await;
+        }
+        let mut resp = Response::new(AdminBody::full(Bytes::from(self.metrics.render())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    }
+
+    async fn store_gauges(&self) {
         if let Ok(counts) = self.store.count_by_status().await {
             for status in crate::telemetry::metrics::INSTALLATION_STATUSES {
                 let n = counts
@@ -198,12 +229,6 @@ impl Admin {
         if let Ok(depth) = self.store.outbox_depth().await {
             self.metrics.outbox_depth.set(depth as i64);
         }
-        let mut resp = Response::new(AdminBody::full(Bytes::from(self.metrics.render())));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
-        resp
     }
 
     async fn list(&self) -> Response<AdminBody> {

@@ -11,6 +11,7 @@
 use crate::error::ProxyError;
 use crate::http::body::{json, RespBody};
 use crate::install;
+use crate::listeners::settings::SettingsPages;
 use crate::proxy::Proxy;
 use crate::secret::Secret;
 use crate::shoptet::oauth::{FetchError, OAuthClient};
@@ -51,6 +52,8 @@ pub struct Public {
     pub metrics: Arc<Metrics>,
     /// Wakes the outbox worker when something was queued.
     pub outbox: Arc<Notify>,
+    /// `/settings...` (SPEC B9), outside the install/webhook allowlists: admins' browsers call it.
+    pub pages: Arc<SettingsPages>,
 }
 
 /// `[public]` allowlists and which deliveries the addon wants (`[addon]`).
@@ -106,6 +109,13 @@ fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
 impl Public {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<PublicBody> {
         let method = req.method().clone();
+        let path = req.uri().path();
+        if path == "/settings" || path.starts_with("/settings/") {
+            let resp = self.pages.handle(req).await;
+            self.metrics
+                .count_request("public", &method, resp.status().as_u16());
+            return resp;
+        }
         let ip = client_ip(
             peer.ip(),
             req.headers(),
@@ -149,6 +159,12 @@ impl Public {
             .ok_or(ProxyError::BadRequest(
                 "the code query parameter is missing",
             ))?;
+        // The code can be exchanged once: with the store down the installation could not be
+        // kept, so refuse before using the code up, and Shoptet (or an admin) retries with it.
+        if !crate::listeners::admin::probe_store(&self.store, &self.metrics).await {
+            tracing::warn!("installation: store unavailable; the code was not exchanged");
+            return Err(ProxyError::StoreUnavailable);
+        }
         // Shoptet's code is good once: an exchange abandoned half-way (the caller gave up, hyper
         // dropped this future) would lose the OAuth token Shoptet issued for it. The rest of the
         // installation runs to the end in a task of its own, whoever still waits for it.
@@ -207,7 +223,7 @@ impl Public {
         // Acted on before the event is queued, so an addon reacting to `addon:suspend` already
         // finds the proxy refusing calls for that e-shop.
         self.system_event(eshop_id, &head.event, inst.status, inst.oauth_token)
-            .await;
+            .await?;
         if self.settings.load().deliver_webhooks {
             if let Err(e) = self
                 .store
@@ -229,7 +245,15 @@ impl Public {
 
     /// Acts on signed `addon:*` events. Suspend and approve take effect at once; uninstall and
     /// terminate only after Shoptet's OAuth server confirms the token no longer works.
-    async fn system_event(&self, eshop_id: u64, event: &str, current: Status, oauth_token: Secret) {
+    /// A suspend or approve whose status cannot be stored fails with `proxy-store-unavailable`,
+    /// so Shoptet resends it instead of the change being lost.
+    async fn system_event(
+        &self,
+        eshop_id: u64,
+        event: &str,
+        current: Status,
+        oauth_token: Secret,
+    ) -> Result<(), ProxyError> {
         let tokens = self.proxy.tokens.clone();
         let store = self.store.clone();
         match event {
@@ -247,6 +271,7 @@ impl Public {
                 };
                 if let Err(e) = store.set_status(eshop_id, status).await {
                     tracing::error!(eshop_id, error = %e, "cannot store the new status");
+                    return Err(ProxyError::StoreUnavailable);
                 }
                 tokens.set_suspended(eshop_id, suspended);
             }
@@ -284,6 +309,7 @@ impl Public {
             }
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -329,7 +355,7 @@ async fn complete_install(i: Installer, code: String) -> Result<Response<PublicB
     };
     if let Err(e) = i.store.upsert_installation(&new, None).await {
         tracing::error!(eshop_id, error = %e, "installation: store failed");
-        return Err(ProxyError::InstallFailed);
+        return Err(ProxyError::StoreUnavailable);
     }
     let tokens = &i.proxy.tokens;
     tokens.forget(eshop_id);

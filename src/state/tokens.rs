@@ -419,10 +419,18 @@ impl TokenCache {
                 Ok(t)
             }
             Err(error) => {
-                let backoff = st
-                    .backoff
-                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(self.cfg.load().backoff_max));
-                st.backoff = Some(backoff);
+                // A store outage is not this e-shop's fault and usually lasts seconds: fail
+                // fast for a short while without escalating, so the e-shop is served as soon
+                // as the store is back.
+                let backoff = if error == ProxyError::StoreUnavailable {
+                    FIRST_BACKOFF
+                } else {
+                    let b = st
+                        .backoff
+                        .map_or(FIRST_BACKOFF, |b| (b * 2).min(self.cfg.load().backoff_max));
+                    st.backoff = Some(b);
+                    b
+                };
                 st.failure = Some(Failure {
                     error: error.clone(),
                     until: Instant::now() + backoff,
@@ -439,31 +447,29 @@ impl TokenCache {
         eshop_id: u64,
         rejected: Option<&[u8]>,
     ) -> Result<Arc<Token>, ProxyError> {
-        let unavailable = || ProxyError::TokenUnavailable {
-            retry_after: FIRST_BACKOFF,
+        // Without the store there is neither the OAuth token to mint with nor the lock that
+        // keeps replicas from minting twice: answer `proxy-store-unavailable` (SPEC B10).
+        let store_failed = |e: crate::store::StoreError| {
+            tracing::warn!(eshop_id, error = %e, "token fetch: store unavailable");
+            ProxyError::StoreUnavailable
         };
-        let mut lock = self.store.lock_token(eshop_id).await.map_err(|e| {
-            tracing::warn!(eshop_id, error = %e, "store unavailable for token lock");
-            unavailable()
-        })?;
+        let mut lock = self
+            .store
+            .lock_token(eshop_id)
+            .await
+            .map_err(store_failed)?;
         let inst = self
             .store
             .get(eshop_id)
             .await
-            .map_err(|e| {
-                tracing::warn!(eshop_id, error = %e, "store read failed");
-                unavailable()
-            })?
+            .map_err(store_failed)?
             .ok_or(ProxyError::EshopNotInstalled)?;
         match inst.status {
             Status::Active => {}
             Status::Suspended => return Err(ProxyError::EshopSuspended),
             Status::Uninstalled => return Err(ProxyError::EshopNotInstalled),
         }
-        let stored = lock.current().await.map_err(|e| {
-            tracing::warn!(eshop_id, error = %e, "store read failed");
-            unavailable()
-        })?;
+        let stored = lock.current().await.map_err(store_failed)?;
         if let Some(stored) = stored {
             let left = stored
                 .expires_at
@@ -496,7 +502,9 @@ impl TokenCache {
                     FetchError::MaxTokens => ProxyError::TokenLimitReached {
                         retry_after: FIRST_BACKOFF,
                     },
-                    FetchError::Other(_) => unavailable(),
+                    FetchError::Other(_) => ProxyError::TokenUnavailable {
+                        retry_after: FIRST_BACKOFF,
+                    },
                 });
             }
         };

@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{AeadCore, XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+type HmacSha256 = Hmac<Sha256>;
 use rand::RngCore;
+use sha2::Sha256;
 
 use super::StoreError;
 
@@ -32,6 +35,8 @@ const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
 struct SealKey {
     id: [u8; KEY_ID_LEN],
     cipher: XChaCha20Poly1305,
+    /// Kept for [`Keyring::derive`] only.
+    raw: [u8; 32],
 }
 
 impl SealKey {
@@ -51,7 +56,11 @@ impl SealKey {
         for (dst, src) in id.iter_mut().zip(fingerprint) {
             *dst = src;
         }
-        SealKey { id, cipher }
+        SealKey {
+            id,
+            cipher,
+            raw: key,
+        }
     }
 }
 
@@ -182,6 +191,20 @@ impl Keyring {
         (!known).then(|| id.iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// HMAC-SHA256(key, "shoptet-proxy derive v1:" + label) for each key, the current one first.
+    pub(crate) fn derive(&self, label: &str) -> Vec<[u8; 32]> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|k| {
+                let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(&k.raw)
+                    .expect("HMAC takes a key of any length");
+                mac.update(b"shoptet-proxy derive v1:");
+                mac.update(label.as_bytes());
+                mac.finalize().into_bytes().into()
+            })
+            .collect()
+    }
+
     /// Whether `sealed` was written under the current key (so `rekey` can leave it alone).
     pub(crate) fn is_current(&self, sealed: &[u8]) -> bool {
         sealed.len() >= HEADER_LEN
@@ -302,6 +325,17 @@ mod tests {
         assert_eq!(ring(2, &[1]).foreign_key_id(&sealed), None);
         assert_eq!(old.foreign_key_id(&sealed), None);
         assert_eq!(other.foreign_key_id(b"short"), None);
+    }
+
+    #[test]
+    fn derived_keys_depend_on_key_and_label_and_follow_the_ring() {
+        let a = ring(1, &[2]).derive("settings");
+        assert_eq!(a.len(), 2);
+        assert_eq!(a, ring(1, &[2]).derive("settings"));
+        assert_ne!(a[0], a[1]);
+        assert_ne!(a[0], ring(1, &[]).derive("other")[0]);
+        assert_eq!(a[1], ring(2, &[]).derive("settings")[0]);
+        assert_ne!(a[0], [1u8; 32]);
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub(crate) const SQLITE: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX outbox_next_attempt ON outbox (next_attempt_at);",
+    // 2: settings-page state nonces already used (SPEC B9), kept until their state expires.
+    "CREATE TABLE settings_nonces (
+        nonce TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX settings_nonces_expiry ON settings_nonces (expires_at);",
 ];
 
 pub(crate) const POSTGRES: &[&str] = &[
@@ -63,6 +69,12 @@ pub(crate) const POSTGRES: &[&str] = &[
         created_at BIGINT NOT NULL
     );
     CREATE INDEX outbox_next_attempt ON outbox (next_attempt_at);",
+    // 2: settings-page state nonces already used (SPEC B9), kept until their state expires.
+    "CREATE TABLE settings_nonces (
+        nonce TEXT PRIMARY KEY,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX settings_nonces_expiry ON settings_nonces (expires_at);",
 ];
 
 #[cfg(test)]

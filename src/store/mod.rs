@@ -494,6 +494,23 @@ impl Store {
         dispatch!(self, b => b.outbox_retry_at(id, i64::from(attempts), at).await)
     }
 
+    /// Records that the one-time `nonce` (a settings-page `state`, SPEC B9) was used: true the
+    /// first time, false when any replica sharing the store used it before. Kept until
+    /// `expires_at` (after which the state carrying it is refused anyway); expired ones are
+    /// pruned on the way.
+    pub async fn use_nonce(&self, nonce: &str, expires_at: SystemTime) -> Result<bool, StoreError> {
+        let now = millis(SystemTime::now());
+        let (nonce, expires_at) = (nonce.to_owned(), millis(expires_at));
+        dispatch!(self, b => b.use_nonce(nonce, expires_at, now).await)
+    }
+
+    /// Keys for `label`, derived from the store keys (current first, then previous ones): values
+    /// sealed outside the store (settings sessions) stay readable by every replica that holds
+    /// the same key file, and never reuse the key that seals the columns.
+    pub fn derived_keys(&self, label: &str) -> Vec<[u8; 32]> {
+        self.keys.derive(label)
+    }
+
     /// Items waiting, due or not.
     pub async fn outbox_depth(&self) -> Result<u64, StoreError> {
         let n = dispatch!(self, b => b.outbox_depth().await)?;

@@ -20,9 +20,13 @@ use super::{reseal_sql, Reseal, StoreError, SECRET_COLUMNS};
 use super::{RawAccessToken, RawInstallation, RawOutbox, RawSecrets, RawSummary, RawUpsert};
 
 const POOL_SIZE: usize = 16;
-/// Bounds waiting for a free connection and for a new one, so a dead database fails requests
-/// instead of hanging them.
-const POOL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds waiting for a free connection: a token fetch holds one for its getAccessToken call, so
+/// a burst of cold e-shops may keep all of them busy for a while.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds opening a connection and checking a pooled one, so an unreachable database fails
+/// requests within seconds (503 `proxy-store-unavailable`) instead of hanging them.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `pg_advisory_xact_lock(int, int)` key of the migration lock: "SP", 1.
 const MIGRATION_LOCK: (i32, i32) = (0x5350, 1);
 
@@ -39,19 +43,26 @@ pub(crate) struct PgStore {
 
 impl PgStore {
     pub(crate) async fn open(url: &str) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
+        let mut config: tokio_postgres::Config = url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // A pooled connection is checked with an empty query before it is handed out:
+                // after a database restart or a network cut, `is_closed` alone can still report
+                // a dead connection as open, and its first query would fail a request.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_TIMEOUT))
-            .create_timeout(Some(POOL_TIMEOUT))
+            .wait_timeout(Some(WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(RECYCLE_TIMEOUT))
             .build()?;
         let mut client = pool.get().await?;
         migrate(&mut client).await?;
@@ -303,6 +314,24 @@ impl PgStore {
         )
         .await
         .map(drop)
+    }
+
+    pub(crate) async fn use_nonce(
+        &self,
+        nonce: String,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.exec("DELETE FROM settings_nonces WHERE expires_at < $1", &[&now])
+            .await?;
+        let inserted = self
+            .exec(
+                "INSERT INTO settings_nonces (nonce, expires_at) VALUES ($1, $2) \
+                 ON CONFLICT (nonce) DO NOTHING",
+                &[&nonce, &expires_at],
+            )
+            .await?;
+        Ok(inserted == 1)
     }
 
     pub(crate) async fn outbox_depth(&self) -> Result<i64, StoreError> {

@@ -323,6 +323,25 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn use_nonce(
+        &self,
+        nonce: String,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.run(move |c| {
+            c.prepare_cached("DELETE FROM settings_nonces WHERE expires_at < ?1")?
+                .execute([now])?;
+            c.prepare_cached(
+                "INSERT INTO settings_nonces (nonce, expires_at) VALUES (?1, ?2) \
+                 ON CONFLICT (nonce) DO NOTHING",
+            )?
+            .execute(params![nonce, expires_at])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
     pub(crate) async fn outbox_depth(&self) -> Result<i64, StoreError> {
         self.run(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)))
             .await
@@ -452,7 +471,8 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(versions, vec![1]);
+        let all: Vec<i64> = (1..=migrations::SQLITE.len() as i64).collect();
+        assert_eq!(versions, all);
         store
             .run(|c| c.execute("INSERT INTO schema_version (version) VALUES (99)", []))
             .await

@@ -40,6 +40,11 @@ pub const REPLAY_RESULTS: [&str; 4] = ["ok", "rejected_again", "refresh_failed",
 pub const UPSTREAM_429_ACTIONS: [&str; 2] = ["retried", "returned"];
 /// `shoptet_proxy_webhooks_total{result}`.
 pub const WEBHOOK_RESULTS: [&str; 4] = ["received", "rejected", "delivered", "failed"];
+/// `shoptet_proxy_settings_logins_total{result}`: a verified admin got a session (`ok`), the
+/// authorization-code flow was started because no code came (`redirected`), the login was refused
+/// (`denied`: bad, reused or foreign code or state, e-shop not active), or it could not be judged
+/// (`error`: OAuth server or store unreachable).
+pub const SETTINGS_LOGIN_RESULTS: [&str; 4] = ["ok", "redirected", "denied", "error"];
 /// `shoptet_proxy_installations{status}`.
 pub const INSTALLATION_STATUSES: [&str; 3] = ["active", "suspended", "uninstalled"];
 /// `shoptet_proxy_config_reloads_total{result}`.
@@ -66,6 +71,9 @@ pub struct Metrics {
     pub installations: IntGaugeVec,
     pub webhooks: IntCounterVec,
     pub outbox_depth: IntGauge,
+    /// 1 while the store answers, 0 during an outage (SPEC B7, B10): `/readyz` stays 200 then.
+    pub store_up: IntGauge,
+    pub settings_logins: IntCounterVec,
     pub config_reloads: IntCounterVec,
     /// Mirrors [`super::logging::dropped_lines`], brought up to date at each scrape.
     pub log_lines_dropped: IntCounter,
@@ -174,6 +182,16 @@ impl Metrics {
                 "Deliveries to the addon waiting in the durable outbox.",
             )
             .expect("static gauge"),
+            store_up: IntGauge::new(
+                "shoptet_proxy_store_up",
+                "1 when the store answered its last check, 0 while it cannot be reached.",
+            )
+            .expect("static gauge"),
+            settings_logins: counter_vec(
+                "shoptet_proxy_settings_logins_total",
+                "Settings-page logins, by result (ok, redirected, denied, error).",
+                &["result"],
+            ),
             config_reloads: counter_vec(
                 "shoptet_proxy_config_reloads_total",
                 "Configuration reloads (SIGHUP), by result (ok, error).",
@@ -204,6 +222,7 @@ impl Metrics {
             (&m.replays, &REPLAY_RESULTS[..]),
             (&m.upstream_429, &UPSTREAM_429_ACTIONS[..]),
             (&m.webhooks, &WEBHOOK_RESULTS[..]),
+            (&m.settings_logins, &SETTINGS_LOGIN_RESULTS[..]),
             (&m.config_reloads, &RELOAD_RESULTS[..]),
         ] {
             for v in values {
@@ -235,6 +254,8 @@ impl Metrics {
             Box::new(m.installations.clone()),
             Box::new(m.webhooks.clone()),
             Box::new(m.outbox_depth.clone()),
+            Box::new(m.store_up.clone()),
+            Box::new(m.settings_logins.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.log_lines_dropped.clone()),
             Box::new(m.trace_spans_dropped.clone()),

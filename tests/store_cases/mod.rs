@@ -151,7 +151,12 @@ pub async fn reinstall_replaces_oauth_token_and_clears_access_token(b: &Backend)
     assert!(got.access_token.is_none(), "old API token must not survive");
     assert_eq!(got.eshop_url.as_deref(), Some("https://shop7.example"));
     assert_eq!(got.contact_email.as_deref(), Some("new@shop7.example"));
-    assert_eq!(got.signature_key.unwrap().expose(), "sig-key");
+    // SPEC v2 B5: installing again replaces every secret of the e-shop; the new installation
+    // gets its own signature key from Shoptet.
+    assert!(
+        got.signature_key.is_none(),
+        "old signature key must not survive"
+    );
     assert!(got.installed_at >= first_installed);
 }
 
