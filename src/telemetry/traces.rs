@@ -113,17 +113,22 @@ impl Context {
 
     /// The `traceparent` value for this context.
     pub fn header(&self) -> HeaderValue {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        for b in self.trace_id {
-            s.push_str(&format!("{b:02x}"));
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // Built in place: it goes on every upstream attempt while traces are on.
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let digits = self
+            .trace_id
+            .iter()
+            .chain(&self.span_id)
+            .flat_map(|b| [b >> 4, b & 15]);
+        let slots = (3..35).chain(36..52);
+        for (i, d) in slots.zip(digits) {
+            out[i] = HEX[usize::from(d)];
         }
-        s.push('-');
-        for b in self.span_id {
-            s.push_str(&format!("{b:02x}"));
+        if self.sampled {
+            out[54] = b'1';
         }
-        s.push_str(if self.sampled { "-01" } else { "-00" });
-        HeaderValue::from_str(&s).expect("hex and dashes are a valid header value")
+        HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
     }
 }
 
