@@ -60,8 +60,11 @@ for s in socks:
 print(*(s.getsockname()[1] for s in socks))')
 
 touch "$work/addon.log" "$work/demo.log"
+# The key that signs every delivery: the proxy's `[addon] signing_key_file` and the addon's.
+python3 -c 'import secrets; print(secrets.token_hex(16))' >"$work/signing-key"
 PROXY_URL=http://127.0.0.1:$proxy_port PUBLIC_URL=http://127.0.0.1:$public_port \
-    ADDON_PORT=$addon_port timeout 60 "${addon[@]}" >"$work/addon.log" 2>&1 &
+    ADDON_PORT=$addon_port SIGNING_KEY_FILE=$work/signing-key \
+    timeout 60 "${addon[@]}" >"$work/addon.log" 2>&1 &
 addon_pid=$!
 
 # The demo installs the e-shop at once, so the addon listens first (or the event waits a retry).
@@ -71,6 +74,26 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 grep -q '^listening on ' "$work/addon.log" || fail "the addon did not listen within 10 s"
+
+# What a forger sends straight to the addon: unsigned, then signed with another key. Both must be
+# refused (401) before the real deliveries come.
+forged=$(python3 - "http://127.0.0.1:$addon_port/webhooks" <<'PY'
+import hashlib, hmac, sys, urllib.error, urllib.request
+body = b'{"eshopId":222651,"event":"order:create","eventCreated":"2019-01-08T15:13:39+0100","eventInstance":"forged"}'
+codes = []
+for sig in (None, hmac.new(b"not-the-key", body, hashlib.sha1).hexdigest()):
+    req = urllib.request.Request(sys.argv[1], data=body, method="POST")
+    req.add_header("Content-Type", "application/json")
+    if sig:
+        req.add_header("Shoptet-Webhook-Signature", sig)
+    try:
+        codes.append(str(urllib.request.urlopen(req, timeout=10).status))
+    except urllib.error.HTTPError as e:
+        codes.append(str(e.code))
+print(" ".join(codes))
+PY
+) || fail "could not send the forged deliveries"
+[ "$forged" = "401 401" ] || fail "forged deliveries answered '$forged', not '401 401'"
 
 # From the work directory and with only these SHOPTET_PROXY_* variables, so no configuration of
 # the caller's applies (the binary refuses unknown ones such as SHOPTET_PROXY_BIN).
@@ -83,6 +106,7 @@ grep -q '^listening on ' "$work/addon.log" || fail "the addon did not listen wit
     export SHOPTET_PROXY_ADDON__EVENTS_URL=http://127.0.0.1:$addon_port/events
     export SHOPTET_PROXY_ADDON__WEBHOOKS_URL=http://127.0.0.1:$addon_port/webhooks
     export SHOPTET_PROXY_ADDON__SETTINGS_URL=http://127.0.0.1:$addon_port/settings
+    export SHOPTET_PROXY_ADDON__SIGNING_KEY_FILE=$work/signing-key
     exec "$bin" demo
 ) >"$work/demo.log" 2>&1 &
 demo_pid=$!
@@ -120,7 +144,8 @@ addon_pid=
 
 code=$(sed -n 's/^order created \([0-9][0-9]*\)$/\1/p' "$work/addon.log")
 [ -n "$code" ] || fail "no 'order created CODE' line"
-for line in "installed 222651" "orders 5" "webhook registered" "webhook order:create $code" \
+for line in "refused unsigned delivery" "refused bad signature" \
+    "installed 222651" "orders 5" "webhook registered" "webhook order:create $code" \
     "settings shown 222651 Owner 222651" "settings saved Ahoj světe"; do
     grep -qxF "$line" "$work/addon.log" || fail "missing line '$line'"
 done

@@ -178,6 +178,7 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         flow,
         tracer,
         metrics: metrics.clone(),
+        store,
     });
     Ok(Core {
         metrics,
@@ -266,12 +267,17 @@ fn targets(cfg: &Config) -> Targets {
         events_url: cfg.addon.events_url.clone(),
         webhooks_url: cfg.addon.webhooks_url.clone(),
         retry_max: cfg.addon.retry_max,
+        signing_key: cfg.addon.signing_key.clone(),
     }
 }
 
-/// The public listener's reloadable certificate, when it has TLS.
-fn public_certificate(cfg: &Config) -> Result<Option<Arc<Certificate>>, String> {
-    match (&cfg.public.tls_cert_file, &cfg.public.tls_key_file) {
+/// A listener's reloadable certificate, when it has TLS (the config checks the files come in
+/// pairs).
+fn certificate(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+) -> Result<Option<Arc<Certificate>>, String> {
+    match (cert, key) {
         (Some(cert), Some(key)) => Certificate::load(cert, key).map(Some),
         _ => Ok(None),
     }
@@ -304,15 +310,19 @@ pub async fn start_with(
         proxy,
     } = core(&cfg, store.clone())?;
 
-    let tls_invalid = |detail| StartError::Invalid {
-        what: "public.tls_cert_file/tls_key_file",
-        detail,
+    let tls_invalid = |what: &'static str| move |detail| StartError::Invalid { what, detail };
+    let acceptor = |cert: &Option<Arc<Certificate>>, what: &'static str| match cert {
+        Some(cert) => cert.acceptor().map(Some).map_err(tls_invalid(what)),
+        None => Ok(None),
     };
-    let public_cert = public_certificate(&cfg).map_err(tls_invalid)?;
-    let public_tls = match &public_cert {
-        Some(cert) => Some(cert.acceptor().map_err(tls_invalid)?),
-        None => None,
-    };
+    const PUBLIC_TLS: &str = "public.tls_cert_file/tls_key_file";
+    const PROXY_TLS: &str = "proxy.tls_cert_file/tls_key_file";
+    let public_cert = certificate(&cfg.public.tls_cert_file, &cfg.public.tls_key_file)
+        .map_err(tls_invalid(PUBLIC_TLS))?;
+    let public_tls = acceptor(&public_cert, PUBLIC_TLS)?;
+    let proxy_cert = certificate(&cfg.proxy.tls_cert_file, &cfg.proxy.tls_key_file)
+        .map_err(tls_invalid(PROXY_TLS))?;
+    let proxy_tls = acceptor(&proxy_cert, PROXY_TLS)?;
 
     let (proxy_listener, proxy_addr) = bind("proxy", cfg.proxy.listen, &mut passed).await?;
     let (admin_listener, admin_addr) = bind("admin", cfg.admin.listen, &mut passed).await?;
@@ -368,7 +378,7 @@ pub async fn start_with(
         let proxy = app.proxy.clone();
         tasks.spawn(server::serve(
             proxy_listener,
-            None,
+            proxy_tls,
             move |req, _peer| {
                 let proxy = proxy.clone();
                 async move { proxy.handle(req).await }
@@ -422,7 +432,7 @@ pub async fn start_with(
     let outbox = Arc::new(Outbox {
         targets: ArcSwap::from_pointee(targets(&app.cfg)),
         store: app.store.clone(),
-        client: client::client(None, app.cfg.shoptet.connect_timeout)?,
+        client: client::addon_client(app.cfg.shoptet.connect_timeout)?,
         metrics: app.metrics.clone(),
         shutdown: app.shutdown.clone(),
     });
@@ -462,6 +472,7 @@ pub async fn start_with(
         admin: admin_handle,
         public: public_handle,
         public_cert,
+        proxy_cert,
         outbox,
         metrics: app.metrics.clone(),
     };
@@ -586,6 +597,7 @@ pub struct Reloader {
     admin: Arc<Admin>,
     public: Option<Arc<Public>>,
     public_cert: Option<Arc<Certificate>>,
+    proxy_cert: Option<Arc<Certificate>>,
     outbox: Arc<Outbox>,
     metrics: Arc<Metrics>,
 }
@@ -634,33 +646,39 @@ impl Reloader {
             );
         }
         // Everything that can fail comes first, so a failure leaves everything as it was.
-        let certificate = match (
-            &self.public_cert,
-            &new.public.tls_cert_file,
-            &new.public.tls_key_file,
-        ) {
-            (Some(current), Some(cert), Some(key)) => Some((current, cert, key)),
+        let certificates: Vec<_> = [
+            (
+                &self.public_cert,
+                &new.public.tls_cert_file,
+                &new.public.tls_key_file,
+                "public.tls_cert_file/tls_key_file",
+            ),
+            (
+                &self.proxy_cert,
+                &new.proxy.tls_cert_file,
+                &new.proxy.tls_key_file,
+                "proxy.tls_cert_file/tls_key_file",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|c| match c {
+            (Some(current), Some(cert), Some(key), what) => Some((current, cert, key, what)),
             _ => None,
-        };
-        if let Some((_, cert, key)) = certificate {
+        })
+        .collect();
+        for (_, cert, key, what) in &certificates {
             // Loaded once to check it, once more to store it: cheap, and no half-applied state.
-            Certificate::load(cert, key).map_err(|detail| ReloadError::Invalid {
-                what: "public.tls_cert_file/tls_key_file",
-                detail,
-            })?;
+            Certificate::load(cert, key).map_err(|detail| ReloadError::Invalid { what, detail })?;
         }
         let settings = proxy_settings(&new).map_err(|e| ReloadError::Invalid {
             what: "shoptet.api_url",
             detail: e.to_string(),
         })?;
 
-        if let Some((current, cert, key)) = certificate {
+        for (current, cert, key, what) in certificates {
             if let Err(detail) = current.reload(cert, key) {
                 // Replaced between the check and now; the old pair stays in use.
-                return Err(ReloadError::Invalid {
-                    what: "public.tls_cert_file/tls_key_file",
-                    detail,
-                });
+                return Err(ReloadError::Invalid { what, detail });
             }
         }
         self.proxy.settings.store(Arc::new(settings));
@@ -674,8 +692,8 @@ impl Reloader {
             public.settings.store(Arc::new(public_settings(&new)));
         }
         self.outbox.targets.store(Arc::new(targets(&new)));
-        // Hooks for the keys other branches add: the addon signing key (`signing_key_file`) and
-        // the settings keys are stored here the same way, from `new`.
+        // The addon signing key travels in the outbox's targets above; the settings keys other
+        // branches add are stored here the same way, from `new`.
         if new.log.level != running.log.level {
             match crate::telemetry::logging::set_level(&new.log.level) {
                 Ok(()) => tracing::info!(filter = %new.log.level, "reload: log level changed"),
@@ -732,6 +750,12 @@ fn keep_restart_values(running: &Config, new: &mut Config) -> Vec<&'static str> 
         changed.push("public.tls_cert_file");
         new.public.tls_cert_file = running.public.tls_cert_file.clone();
         new.public.tls_key_file = running.public.tls_key_file.clone();
+    }
+    let tls = |c: &Config| c.proxy.tls_cert_file.is_some() && c.proxy.tls_key_file.is_some();
+    if tls(new) != tls(running) {
+        changed.push("proxy.tls_cert_file");
+        new.proxy.tls_cert_file = running.proxy.tls_cert_file.clone();
+        new.proxy.tls_key_file = running.proxy.tls_key_file.clone();
     }
     changed
 }

@@ -40,6 +40,13 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Serialises as `<redacted>` too, so a secret in anything printed (check-config) stays hidden.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +56,12 @@ mod tests {
         let s = Secret::new("hunter2-oauth");
         assert_eq!(format!("{s:?} {s}"), "<redacted> <redacted>");
         assert_eq!(s.expose(), "hunter2-oauth");
+    }
+
+    #[test]
+    fn serialising_never_shows_the_value() {
+        let s = Secret::new("hunter2-oauth");
+        assert_eq!(serde_json::to_string(&[s]).unwrap(), r#"["<redacted>"]"#);
     }
 
     #[test]

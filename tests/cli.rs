@@ -37,16 +37,20 @@ fn check_config_redacts_every_secret() {
         "client-key-SENTINEL-2\nclient-key-SENTINEL-3\n",
     )
     .unwrap();
+    std::fs::write(dir.path().join("signing-key"), "signing-key-SENTINEL-5\n").unwrap();
     let admin = dir.path().join("admin-token");
     let keys = dir.path().join("keys");
+    let signing = dir.path().join("signing-key");
     std::fs::write(
         dir.path().join("secrets.toml"),
         format!(
             "[shoptet]\nclient_id = \"my-client\"\nclient_secret = \"client-secret-SENTINEL-0\"\n\
              [admin]\ntoken_file = {:?}\n[proxy]\nclient_keys_file = {:?}\n\
+             [addon]\nsigning_key_file = {:?}\n\
              [store]\nurl = \"postgres://app:db-password-SENTINEL-4@db/proxy\"\n",
             admin.to_str().unwrap(),
-            keys.to_str().unwrap()
+            keys.to_str().unwrap(),
+            signing.to_str().unwrap()
         ),
     )
     .unwrap();

@@ -1,7 +1,8 @@
 //! The example addons in examples/ (PHP, Python, Node) run end to end against `shoptet-proxy
 //! demo`: each test runs `examples/run.sh LANG`, which starts the addon and the demo on free
-//! loopback ports and checks every line the addon prints, its settings page included (opened
-//! through the simulated administration and the proxy's `/settings`, as a browser would). A missing runtime makes run.sh exit 77:
+//! loopback ports and checks every line the addon prints: its settings page (opened through the
+//! simulated administration and the proxy's `/settings`, as a browser would) and the refusal of an
+//! unsigned and a wrongly signed delivery (B5's `signing_key_file`) included. A missing runtime makes run.sh exit 77:
 //! the test then prints "skipped" and passes, unless `SHOPTET_PROXY_REQUIRE_EXAMPLES=1` (CI)
 //! makes that a failure.
 
@@ -37,6 +38,13 @@ fn run_example(lang: &str) {
         stdout.contains("\nsettings saved Ahoj světe\n"),
         "examples/run.sh {lang} passed without the settings page:\n{stdout}"
     );
+    // run.sh also checks these; asserted here so the signature check cannot silently drop out.
+    for line in ["\nrefused unsigned delivery\n", "\nrefused bad signature\n"] {
+        assert!(
+            stdout.contains(line),
+            "examples/run.sh {lang}: the addon did not refuse a forged delivery:\n{stdout}"
+        );
+    }
 }
 
 #[test]

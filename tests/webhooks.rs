@@ -328,3 +328,157 @@ async fn killed_proxy_still_delivers_and_restarts_mint_no_tokens() {
     assert_eq!(h.minted(ESHOP), 1, "a restart after SIGTERM mints nothing");
     assert!(sigterm(serve).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_addon_renews_through_the_proxy_is_adopted_before_the_answer() {
+    let mut h = Deployment::new().await;
+    let p = h.start().await;
+    installed(&mut h, &p).await;
+    let old = signature_key(&h).await;
+    let r = h
+        .http
+        .post_json(
+            &p.api_url("/api/webhooks"),
+            &[("x-shoptet-eshop-id", &ESHOP.to_string())],
+            &json!({"data": [{"event": "order:create", "url": p.public_url("/webhooks")}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // The official SDK's generateWebhookSignatureKey(), through the proxy.
+    let r = h
+        .http
+        .request(
+            http::Method::POST,
+            &p.api_url(&format!("/eshops/{ESHOP}/api/webhooks/renew-signature-key")),
+            &[("content-type", "application/json")],
+            String::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let renewed = r.json()["data"]["signatureKey"]
+        .as_str()
+        .expect("the addon gets Shoptet's answer")
+        .to_owned();
+    assert_ne!(renewed, old);
+    // Adopted before the answer left: the store holds it the moment the addon has it.
+    assert_eq!(signature_key(&h).await, renewed);
+
+    // Shoptet signs its next webhook with the new key: delivered.
+    let r = h
+        .sim_post(
+            &format!("/sim/eshops/{ESHOP}/events"),
+            json!({"event": "order:create", "eventInstance": "after-renewal"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(
+        received_json(&mut h).await["eventInstance"],
+        "after-renewal"
+    );
+
+    // One signed with the key Shoptet invalidated: rejected, not delivered.
+    let body = event_body(ESHOP, "order:create", "old-key");
+    let sig = signature::sign(old.as_bytes(), body.as_bytes());
+    assert_eq!(post_webhook(&h, &p, &body, Some(&sig)).await, 401);
+    let sig = signature::sign(renewed.as_bytes(), body.as_bytes());
+    assert_eq!(post_webhook(&h, &p, &body, Some(&sig)).await, 200);
+    assert_eq!(received_json(&mut h).await["eventInstance"], "old-key");
+}
+
+/// The `Shoptet-Webhook-Signature` header of a delivery, if any.
+fn delivery_signature(got: &shoptet_proxy::sim::testing::Received) -> Option<String> {
+    got.headers
+        .get("shoptet-webhook-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_signed_with_the_addons_key_over_the_bytes_shoptet_signed() {
+    let mut h = Deployment::new().await;
+    let key_file = h.path("signing-key");
+    std::fs::write(&key_file, "addon signing key 42\n").expect("write signing key");
+    let env = [(
+        "SHOPTET_PROXY_ADDON__SIGNING_KEY_FILE".to_owned(),
+        key_file.display().to_string(),
+    )];
+    let cfg = shoptet_proxy::config::Config::load_from(Some(&h.write_config()), &env)
+        .expect("config with a signing key loads");
+    let p = h.start_with(cfg).await;
+    // As the addon reads it: the file without its trailing newline.
+    let addon_key = std::fs::read_to_string(&key_file).expect("read key");
+    let addon_key = addon_key.trim_end_matches('\n').as_bytes();
+
+    assert_eq!(h.install(&p, ESHOP).await["installStatus"], 200);
+    let installed = h.events.next().await;
+    let sig = delivery_signature(&installed).expect("the installed event is signed");
+    assert_eq!(sig, signature::sign(addon_key, &installed.body));
+    assert!(signature::verify(addon_key, &installed.body, &sig));
+    assert!(sig
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+
+    let r = h
+        .http
+        .post_json(
+            &p.api_url("/api/webhooks"),
+            &[("x-shoptet-eshop-id", &ESHOP.to_string())],
+            &json!({"data": [{"event": "order:create", "url": p.public_url("/webhooks")}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = h
+        .sim_post(
+            &format!("/sim/eshops/{ESHOP}/events"),
+            json!({"event": "order:create", "eventInstance": "signed-for-addon"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let got = h.hooks.next().await;
+    let sent = h
+        .http
+        .get(
+            &format!(
+                "{}/sim/webhook-deliveries?eshopId={ESHOP}",
+                h.sim.base_url()
+            ),
+            &[],
+        )
+        .await
+        .json();
+    let delivery = &sent["deliveries"][0];
+    let shoptet_sig = delivery["attempts"][0]["signature"]
+        .as_str()
+        .expect("the simulator signed it");
+    assert_eq!(
+        got.body,
+        delivery["body"].as_str().expect("body").as_bytes()
+    );
+    let sig = delivery_signature(&got).expect("the webhook is signed");
+    assert!(signature::verify(addon_key, &got.body, &sig));
+    assert_ne!(sig, shoptet_sig, "Shoptet's own signature is not passed on");
+    // Keyed with the addon's key, not the e-shop's that Shoptet used.
+    let shoptet_key = signature_key(&h).await;
+    assert!(!signature::verify(shoptet_key.as_bytes(), &got.body, &sig));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_signing_key_deliveries_carry_no_signature() {
+    let mut h = Deployment::new().await;
+    let p = h.start().await;
+    assert_eq!(h.install(&p, ESHOP).await["installStatus"], 200);
+    let installed = h.events.next().await;
+    assert_eq!(delivery_signature(&installed), None);
+    let key = signature_key(&h).await;
+    let body = event_body(ESHOP, "order:create", "unsigned-for-addon");
+    let sig = signature::sign(key.as_bytes(), body.as_bytes());
+    assert_eq!(post_webhook(&h, &p, &body, Some(&sig)).await, 200);
+    let got = h.hooks.next().await;
+    assert_eq!(got.body, body.as_bytes());
+    assert_eq!(
+        delivery_signature(&got),
+        None,
+        "Shoptet's signature is not passed on"
+    );
+}

@@ -8,15 +8,32 @@
 // greets the admin and saves one setting. The proxy has verified who the admin is and says so in
 // X-Shoptet-* headers; the page uses only those and relative links (no cookie, no token).
 //
+// Every delivery from the proxy is signed with the key in SIGNING_KEY_FILE (the same file as the
+// proxy's `[addon] signing_key_file`): `Shoptet-Webhook-Signature` is the lowercase hex
+// HMAC-SHA1 of the body, Shoptet's own scheme. Anything unsigned or signed otherwise is refused
+// with 401.
+//
 //   PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
-//       node addon.mjs
+//       SIGNING_KEY_FILE=signing-key node addon.mjs
 
+import crypto from "node:crypto";
+import fs from "node:fs";
 import http from "node:http";
 
 // Where the proxy takes API calls, and where Shoptet reaches the proxy (for webhook URLs).
 const PROXY_URL = process.env.PROXY_URL ?? "http://127.0.0.1:8080";
 const PUBLIC_URL = process.env.PUBLIC_URL ?? "http://127.0.0.1:8081";
 const ADDON_PORT = Number(process.env.ADDON_PORT ?? 8000);
+// The key's text without its trailing newline, as the proxy reads `signing_key_file`.
+const SIGNING_KEY = fs.readFileSync(process.env.SIGNING_KEY_FILE, "utf8").replace(/[\r\n]+$/, "");
+
+// Shoptet's check: HMAC-SHA1 of the raw body, hex, compared in constant time.
+function signed(body, signature) {
+  if (typeof signature !== "string") return false;
+  const expected = Buffer.from(crypto.createHmac("sha1", SIGNING_KEY).update(body).digest("hex"));
+  const presented = Buffer.from(signature.trim().toLowerCase());
+  return expected.length === presented.length && crypto.timingSafeEqual(expected, presented);
+}
 
 // Calls the Shoptet API of one e-shop through the proxy and returns the envelope's `data`.
 // Base-URL style: everything under /eshops/<id>/api goes to that e-shop's API. Errors, the
@@ -86,12 +103,20 @@ function settingsPage(req, res, raw) {
 }
 
 const server = http.createServer(async (req, res) => {
-  let raw = "";
-  for await (const chunk of req) raw += chunk;
-  if (req.url.startsWith("/settings/")) return settingsPage(req, res, raw);
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const raw = Buffer.concat(chunks);
+  if (req.url.startsWith("/settings/")) return settingsPage(req, res, raw.toString());
+  // Verified on the raw bytes, before parsing: re-serialised JSON would not match.
+  const signature = req.headers["shoptet-webhook-signature"];
+  if (!signed(raw, signature)) {
+    res.writeHead(401).end();
+    console.log(signature === undefined ? "refused unsigned delivery" : "refused bad signature");
+    return;
+  }
   let message;
   try {
-    message = JSON.parse(raw);
+    message = JSON.parse(raw.toString("utf8"));
   } catch {
     res.writeHead(400).end();
     return;

@@ -10,8 +10,13 @@
 // greets the admin and saves one setting. The proxy has verified who the admin is and says so in
 // X-Shoptet-* headers; the page uses only those and relative links (no cookie, no token).
 //
+// Every delivery from the proxy is signed with the key in SIGNING_KEY_FILE (the same file as the
+// proxy's `[addon] signing_key_file`): `Shoptet-Webhook-Signature` is the lowercase hex
+// HMAC-SHA1 of the body, Shoptet's own scheme, checked here as the official SDK's
+// SignatureValidator does. Anything unsigned or signed otherwise is refused with 401.
+//
 //   PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
-//       php addon.php
+//       SIGNING_KEY_FILE=signing-key php addon.php
 
 declare(strict_types=1);
 
@@ -19,6 +24,15 @@ declare(strict_types=1);
 define('PROXY_URL', getenv('PROXY_URL') ?: 'http://127.0.0.1:8080');
 define('PUBLIC_URL', getenv('PUBLIC_URL') ?: 'http://127.0.0.1:8081');
 define('ADDON_PORT', (int) (getenv('ADDON_PORT') ?: 8000));
+// The key's text without its trailing newline, as the proxy reads `signing_key_file`.
+define('SIGNING_KEY', rtrim((string) file_get_contents((string) getenv('SIGNING_KEY_FILE')), "\r\n"));
+
+/** Shoptet's check: HMAC-SHA1 of the raw body, hex, compared in constant time. */
+function signed(string $body, ?string $signature): bool
+{
+    return $signature !== null
+        && hash_equals(hash_hmac('sha1', $body, SIGNING_KEY), strtolower(trim($signature)));
+}
 
 /**
  * Calls the Shoptet API of one e-shop through the proxy and returns the envelope's `data`.
@@ -130,6 +144,14 @@ while ($conn = stream_socket_accept($server, -1)) {
         // A head-only answer still needs its blank line.
         fwrite($conn, str_contains($answer, "\r\n\r\n") ? $answer : "{$answer}Connection: close\r\n\r\n");
         fclose($conn);
+        continue;
+    }
+    $signature = $headers['shoptet-webhook-signature'] ?? null;
+    // Verified on the raw bytes, before parsing: re-encoded JSON would not match.
+    if (!signed($body, $signature)) {
+        fwrite($conn, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        fclose($conn);
+        echo $signature === null ? "refused unsigned delivery\n" : "refused bad signature\n";
         continue;
     }
     $message = json_decode($body, true);

@@ -8,11 +8,17 @@ Its settings page (/settings/..., served to the e-shop admin through the proxy's
 the admin and saves one setting. The proxy has verified who the admin is and says so in
 X-Shoptet-* headers; the page uses only those and relative links (no cookie, no token).
 
+Every delivery from the proxy is signed with the key in SIGNING_KEY_FILE (the same file as the
+proxy's `[addon] signing_key_file`): `Shoptet-Webhook-Signature` is the lowercase hex HMAC-SHA1 of
+the body, Shoptet's own scheme. Anything unsigned or signed otherwise is refused with 401.
+
     pip install requests
     PROXY_URL=http://127.0.0.1:8080 PUBLIC_URL=http://127.0.0.1:8081 ADDON_PORT=8000 \
-        python3 addon.py
+        SIGNING_KEY_FILE=signing-key python3 addon.py
 """
 
+import hashlib
+import hmac
 import json
 import os
 import queue
@@ -28,6 +34,21 @@ import requests
 PROXY_URL = os.environ.get("PROXY_URL", "http://127.0.0.1:8080")
 PUBLIC_URL = os.environ.get("PUBLIC_URL", "http://127.0.0.1:8081")
 ADDON_PORT = int(os.environ.get("ADDON_PORT", "8000"))
+
+
+def read_signing_key():
+    """The key's text without its trailing newline, as the proxy reads `signing_key_file`."""
+    with open(os.environ["SIGNING_KEY_FILE"], encoding="utf-8") as f:
+        return f.read().rstrip("\r\n").encode()
+
+
+SIGNING_KEY = read_signing_key()
+
+
+def signed(body, signature):
+    """Shoptet's check (its SDKs compare in constant time): HMAC-SHA1 of the raw body, hex."""
+    expected = hmac.new(SIGNING_KEY, body, hashlib.sha1).hexdigest()
+    return signature is not None and hmac.compare_digest(expected, signature.strip().lower())
 
 
 def shoptet(method, eshop_id, path, body=None, params=None):
@@ -113,8 +134,15 @@ def handler_for(inbox):
                 settings_page(self, "POST")
                 return
             length = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(length)
+            signature = self.headers.get("Shoptet-Webhook-Signature")
+            # Verified on the raw bytes, before parsing: re-serialised JSON would not match.
+            if not signed(body, signature):
+                self.send_error(401)
+                print("refused unsigned delivery" if signature is None else "refused bad signature")
+                return
             try:
-                message = json.loads(self.rfile.read(length))
+                message = json.loads(body)
             except ValueError:
                 self.send_error(400)
                 return

@@ -108,7 +108,7 @@ fn execute(cli: Cli) -> Result<ExitCode, ExitCode> {
             })
         }
         Command::Sim(args) => {
-            crate::telemetry::logging::init(&crate::config::Log {
+            crate::telemetry::logging::init(&crate::config::LogSection {
                 format: crate::config::LogFormat::Text,
                 level: "info".into(),
             });

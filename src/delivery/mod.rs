@@ -5,10 +5,16 @@
 //! events_url` or `webhooks_url`, deletes it on a 2xx, and otherwise reschedules it with backoff
 //! (1 s doubling up to `retry_max`), forever: dropping an undelivered webhook would lose data the
 //! addon cannot get back. Items are leased by the store, so several replicas share the work.
+//!
+//! With `[addon] signing_key_file`, each delivery carries `Shoptet-Webhook-Signature` computed
+//! over the exact bytes sent, in Shoptet's own scheme, so the addon's SDK validator checks it with
+//! that key; Shoptet's signature (under the e-shop's key, which the addon never has) is not kept.
 
 use crate::http::body::ReqBody;
 use crate::http::client::Client;
 use crate::listeners::server::Shutdown;
+use crate::secret::Secret;
+use crate::shoptet::signature;
 use crate::store::{OutboxItem, OutboxKind, Store};
 use crate::telemetry::metrics::Metrics;
 use bytes::Bytes;
@@ -38,6 +44,8 @@ pub struct Targets {
     pub webhooks_url: Option<url::Url>,
     /// The longest backoff between attempts.
     pub retry_max: Duration,
+    /// `[addon] signing_key_file`'s key; `None`: deliveries go unsigned.
+    pub signing_key: Option<Secret>,
 }
 
 /// The delivery worker's handles: the store's outbox, its own HTTP client for the addon (not
@@ -126,14 +134,18 @@ async fn deliver(app: &Outbox, item: OutboxItem) {
     }
 }
 
+static SIGNATURE: header::HeaderName = header::HeaderName::from_static("shoptet-webhook-signature");
+
 async fn post(app: &Outbox, url: &str, body: Vec<u8>) -> Result<http::StatusCode, String> {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(url)
-        .header(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )
+    let mut req = Request::builder().method(Method::POST).uri(url).header(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(key) = &app.targets.load().signing_key {
+        let sig = signature::sign(key.expose().as_bytes(), &body);
+        req = req.header(&SIGNATURE, sig);
+    }
+    let req = req
         .body(ReqBody::full(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = tokio::time::timeout(DELIVERY_TIMEOUT, app.client.request(req))

@@ -167,7 +167,7 @@ impl Body for ReqBody {
 }
 
 /// A body read up to a limit.
-pub enum Limited {
+pub enum ReadUpTo {
     /// Complete and within the limit.
     Whole(Bytes),
     /// Larger than the limit: what was read, and the rest still to stream.
@@ -176,7 +176,7 @@ pub enum Limited {
 
 /// Reads `body` until it ends or exceeds `limit` bytes; an oversized body is not lost, it comes
 /// back as a [`Prefixed`] stream.
-pub async fn read_up_to(mut body: Incoming, limit: u64) -> Result<Limited, hyper::Error> {
+pub async fn read_up_to(mut body: Incoming, limit: u64) -> Result<ReadUpTo, hyper::Error> {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0u64;
     while let Some(frame) = body.frame().await {
@@ -185,14 +185,14 @@ pub async fn read_up_to(mut body: Incoming, limit: u64) -> Result<Limited, hyper
             total += data.len() as u64;
             chunks.push_back(data);
             if total > limit {
-                return Ok(Limited::Over(Prefixed {
+                return Ok(ReadUpTo::Over(Prefixed {
                     prefix: chunks,
                     rest: body,
                 }));
             }
         }
     }
-    Ok(Limited::Whole(match chunks.len() {
+    Ok(ReadUpTo::Whole(match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.pop_front().unwrap_or_default(),
         _ => {
@@ -240,8 +240,8 @@ pub async fn read_for_replay(
         }));
     }
     Ok(match read_up_to(body, limit).await? {
-        Limited::Whole(b) => ClientBody::Replayable(b),
-        Limited::Over(s) => streamed(s),
+        ReadUpTo::Whole(b) => ClientBody::Replayable(b),
+        ReadUpTo::Over(s) => streamed(s),
     })
 }
 

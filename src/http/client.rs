@@ -77,6 +77,21 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSet
 /// Builds the pooled client. `connect_timeout` bounds TCP connect; request deadlines are applied
 /// by callers because they differ (API call vs token fetch).
 pub fn client(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Client, TlsSetupError> {
+    build(ca_file, connect_timeout, false)
+}
+
+/// The outbox's client for the addon: like [`client`], but its HTTP/1 header names go out
+/// Title-Cased (`Shoptet-Webhook-Signature`, `Content-Type`), as Shoptet's deliveries spell
+/// them, for receivers that look names up case-sensitively.
+pub fn addon_client(connect_timeout: Duration) -> Result<Client, TlsSetupError> {
+    build(None, connect_timeout, true)
+}
+
+fn build(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    title_case: bool,
+) -> Result<Client, TlsSetupError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -92,5 +107,9 @@ pub fn client(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Clien
         .timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(512)
+        // Records the HTTP/1 answer's header-name spelling (Shoptet's `X-RateLimit-Bucket-Filling`)
+        // in its extensions; the proxy hands them on with the answer (SPEC B2).
+        .http1_preserve_header_case(true)
+        .http1_title_case_headers(title_case)
         .build(https))
 }

@@ -255,10 +255,10 @@ impl Flow {
                     .map_err(|_| ProxyError::QueueTimeout)?
             }
         };
-        // The slot now belongs to a `Slot` guard: a request that times out or is cancelled while
+        // The slot now belongs to a `HeldSlot` guard: a request that times out or is cancelled while
         // waiting for the global slot or the bucket gives it back; the Permit takes it over.
         slot.forget();
-        let slot = Slot(lane);
+        let slot = HeldSlot(lane);
         let global = match self.global.sem.try_acquire() {
             Ok(p) => p,
             Err(_) => {
@@ -333,9 +333,9 @@ impl Flow {
 
 /// A slot taken from a lane and not yet owned by a [`Permit`]: given back if admission is
 /// abandoned (queue timeout on the global slot, client gone while paced).
-struct Slot<'a>(&'a Lane);
+struct HeldSlot<'a>(&'a Lane);
 
-impl Drop for Slot<'_> {
+impl Drop for HeldSlot<'_> {
     fn drop(&mut self) {
         self.0.slots.release();
     }

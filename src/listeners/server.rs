@@ -91,6 +91,9 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
+        // Records each request's header-name spelling in its extensions, so the proxy can send
+        // them on as the client wrote them (SPEC B2); nothing else reads it.
+        .preserve_header_case(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
@@ -132,6 +135,37 @@ async fn drive<C: GracefulConnection>(
             }
         }
     }
+}
+
+/// Whether a connection on a TLS listener opens with a TLS record (a handshake, content type
+/// 22), judged on its first byte without consuming it.
+async fn starts_with_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16)
+}
+
+/// A plain-HTTP request on a TLS port gets a 400 that says so, as nginx answers, instead of a
+/// reset the client cannot explain; then the connection closes.
+async fn refuse_plain_http(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The request head is read first: closing a socket with unread input resets the connection,
+    // and the client would see the reset instead of the answer.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while head.len() < MAX_HEADER_BYTES && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    const BODY: &str = "this port speaks TLS: use https://\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Serves `listener` until `shutdown`, then drains for at most `drain_timeout`.
@@ -190,9 +224,15 @@ pub async fn serve<H, F, B>(
                     drive(conn.into_owned(), &first_request, limit, shutdown).await;
                 }
                 Some(acceptor) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
-                            .await
+                    let handshake = async {
+                        if !starts_with_tls(&stream).await {
+                            refuse_plain_http(stream).await;
+                            return None;
+                        }
+                        acceptor.accept(stream).await.ok()
+                    };
+                    let Ok(Some(stream)) =
+                        tokio::time::timeout(limits.header_read_timeout, handshake).await
                     else {
                         return;
                     };

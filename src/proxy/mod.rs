@@ -9,15 +9,17 @@
 
 use crate::error::ProxyError;
 use crate::http::body::{
-    read_for_replay, read_up_to, ClientBody, Limited, Overflow, ReqBody, RespBody,
+    read_for_replay, read_up_to, ClientBody, Overflow, ReadUpTo, ReqBody, RespBody,
 };
 use crate::limits::flow::{Flow, Permit};
 use crate::secret::Secret;
 use crate::state::eshops::Eshops;
+use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::{self, Kind, RequestSpans, Tracer, Value};
 pub mod own;
 pub mod policy;
+mod renewal;
 pub mod tag;
 use crate::http::client::Client;
 use crate::state::tokens::TokenCache;
@@ -72,6 +74,8 @@ pub struct Proxy {
     pub tokens: Arc<TokenCache>,
     pub flow: Flow,
     pub metrics: Arc<Metrics>,
+    /// Where a signature key a client renews through the proxy is adopted (SPEC B2).
+    pub store: Store,
     /// Set when `[telemetry] otlp_endpoint` is: the only cost of traces when it is not.
     pub tracer: Option<Tracer>,
 }
@@ -218,6 +222,7 @@ impl Proxy {
         let tagged = tag::parse(&parts.uri, &parts.headers, &settings.eshop_header)?;
         let eshop_id = tagged.eshop_id;
         trace.eshop_id = Some(eshop_id);
+        let renews_key = renewal::renews_signature_key(&parts.method, tagged.path);
         let mut target = String::with_capacity(
             settings.api_base.len() + tagged.path.len() + tagged.query.map_or(0, |q| q.len() + 1),
         );
@@ -231,6 +236,7 @@ impl Proxy {
         let uri = Uri::from_maybe_shared(Bytes::from(target)).map_err(|_| ProxyError::NotFound)?;
 
         let mut headers = parts.headers;
+        let mut extensions = carried(parts.extensions);
         let declared_len = rewrite_request_headers(&mut headers, &settings.eshop_header)?;
         headers.insert(header::HOST, settings.api_host.clone());
 
@@ -286,6 +292,11 @@ impl Proxy {
                 headers.clone()
             } else {
                 std::mem::take(&mut headers)
+            };
+            *req.extensions_mut() = if may_resend {
+                extensions.clone()
+            } else {
+                std::mem::take(&mut extensions)
             };
             req.headers_mut()
                 .insert(TOKEN_HEADER.clone(), token.header.clone());
@@ -346,12 +357,12 @@ impl Proxy {
             let (resp, rejection) = if resp.status() == StatusCode::UNAUTHORIZED {
                 let (parts401, body401) = resp.into_parts();
                 match read_up_to(body401, MAX_401_BODY).await {
-                    Ok(Limited::Whole(b)) => {
+                    Ok(ReadUpTo::Whole(b)) => {
                         let rejection = classify_401(&b);
                         (Response::from_parts(parts401, Kept::Read(b)), rejection)
                     }
                     // Not an envelope worth parsing: the client gets it unchanged.
-                    Ok(Limited::Over(rest)) => {
+                    Ok(ReadUpTo::Over(rest)) => {
                         return Ok(respond(parts401, RespBody::upstream_prefixed(rest, permit)))
                     }
                     Err(_) => return Err(ProxyError::UpstreamUnreachable),
@@ -424,6 +435,10 @@ impl Proxy {
                     let (parts, kept) = resp.into_parts();
                     let body = match kept {
                         Kept::Read(b) => RespBody::full(b),
+                        Kept::Streaming(b) if renews_key && parts.status == StatusCode::OK => {
+                            let resp = Response::from_parts(parts, b);
+                            return self.adopt_signature_key(eshop_id, resp, permit).await;
+                        }
                         Kept::Streaming(b) => RespBody::upstream(b, permit),
                     };
                     return Ok(respond(parts, body));
@@ -498,9 +513,22 @@ enum Kept {
     Streaming(Incoming),
 }
 
+/// The answer the client gets from Shoptet's: its head as received (the extensions included,
+/// which carry hyper's record of the HTTP/1 header-name spelling), minus the hop-by-hop parts.
 fn respond(mut parts: http::response::Parts, body: ProxyBody) -> Response<ProxyBody> {
     strip_hop_by_hop(&mut parts.headers);
+    parts.extensions = carried(parts.extensions);
     Response::from_parts(parts, body)
+}
+
+/// The extensions of a message that travel to the next hop. hyper's HTTP/1 parser records the
+/// header names' spelling there and its encoder writes them back (SPEC B2: case kept on HTTP/1.1,
+/// as through nginx); the type is hyper-private, so the whole set is carried, except the parts
+/// that belong to the connection the message came on (its upgrade, an HTTP/2 CONNECT protocol).
+fn carried(mut extensions: http::Extensions) -> http::Extensions {
+    extensions.remove::<hyper::upgrade::OnUpgrade>();
+    extensions.remove::<hyper::ext::Protocol>();
+    extensions
 }
 
 /// The request body as it can be sent: again and again, or once (and then it may overflow).

@@ -12,7 +12,7 @@
 //! would otherwise cost memory for the life of the process.
 
 use crate::limits::flow::Lane;
-use crate::state::tokens::Slot;
+use crate::state::tokens::TokenSlot;
 use dashmap::DashMap;
 use serde::Serialize;
 use std::hash::{BuildHasher, Hasher};
@@ -22,7 +22,7 @@ use std::sync::Arc;
 /// Everything kept about one e-shop while the process runs.
 pub struct Eshop {
     pub id: u64,
-    pub(crate) token: Slot,
+    pub(crate) token: TokenSlot,
     pub(crate) flow: Lane,
     /// Proxied requests since start: relaxed counters for the live state, next to the lane the
     /// request touches anyway, so counting costs no extra cache miss.
@@ -77,7 +77,7 @@ impl Eshop {
     fn new(id: u64, slots: usize) -> Eshop {
         Eshop {
             id,
-            token: Slot::default(),
+            token: TokenSlot::default(),
             flow: Lane::new(slots),
             requests_total: AtomicU64::new(0),
             last_upstream_status: AtomicU16::new(0),

@@ -14,7 +14,7 @@
 //!   revoked together with the rejected one;
 //! - a failed fetch is remembered with exponential backoff, and requests fail fast meanwhile.
 //!
-//! A token's state lives in its e-shop's [`Eshop`] record ([`Slot`]); no map guard is ever held
+//! A token's state lives in its e-shop's [`Eshop`] record ([`TokenSlot`]); no map guard is ever held
 //! across an `.await` (records are `Arc`s cloned out of the map), and the state sits behind a std
 //! mutex held only for a few field reads.
 //!
@@ -103,7 +103,7 @@ pub struct TokenCache {
 
 /// One e-shop's token state, kept in its [`Eshop`] record.
 #[derive(Default)]
-pub struct Slot {
+pub struct TokenSlot {
     state: Mutex<State>,
     fetch: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
@@ -579,7 +579,7 @@ pub struct TokenSnapshot {
     pub last_error: Option<&'static str>,
 }
 
-impl Slot {
+impl TokenSlot {
     /// A copy of the slot's state; holds its lock for a few field reads.
     pub fn snapshot(&self) -> TokenSnapshot {
         let st = lock(&self.state);

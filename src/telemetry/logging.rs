@@ -12,7 +12,7 @@
 //! kept out at the source (the [`crate::secret::Secret`] type prints `<redacted>`, token header
 //! values are marked sensitive), not filtered here.
 
-use crate::config::{Log, LogFormat};
+use crate::config::{LogFormat, LogSection};
 use std::sync::{Mutex, OnceLock};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -42,7 +42,7 @@ fn rust_log() -> Option<EnvFilter> {
 
 /// Installs the global subscriber. Safe to call more than once (later calls are no-ops), which
 /// in-process tests rely on.
-pub fn init(cfg: &Log) {
+pub fn init(cfg: &LogSection) {
     let filter = rust_log().unwrap_or_else(|| EnvFilter::new(&cfg.level));
     let (filter, handle) = reload::Layer::new(filter);
     // Colour codes only for a person at a terminal: journald and log files get plain text.
