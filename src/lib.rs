@@ -11,7 +11,7 @@
 //! | [`listeners`] | server plumbing and the admin and public listeners |
 //! | [`delivery`] | the durable outbox that POSTs events and webhooks to the addon |
 //! | [`store`] | the encrypted installation store (SQLite, PostgreSQL) |
-//! | [`config`], [`telemetry`], [`http`] | configuration; metrics and logs; body types and the pooled client |
+//! | [`config`], [`telemetry`], [`http`] | configuration; metrics, logs and traces; body types and the pooled client |
 //! | [`app`], [`cli`], [`sim`] | assembly and `serve`; the command line; the Shoptet simulator |
 //!
 //! Lower modules never import higher ones: `main.rs` only parses the command line and calls in here.

@@ -26,6 +26,7 @@ use crate::state::eshops::Eshops;
 use crate::state::tokens::{TokenCache, TokenConfig};
 use crate::store::{Keyring, Store, StoreError};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::Tracer;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -166,6 +167,7 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         token_config(cfg),
     ));
     let flow = Flow::new(flow_config(cfg), metrics.clone());
+    let tracer = tracer(cfg, &client, &metrics);
     let proxy = Arc::new(Proxy {
         settings: ArcSwap::from_pointee(proxy_settings(cfg)?),
         client,
@@ -173,6 +175,7 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         tokens,
         flow,
         metrics: metrics.clone(),
+        tracer,
         store,
     });
     Ok(Core {
@@ -180,6 +183,21 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
         oauth,
         proxy,
     })
+}
+
+/// The trace exporter, when `[telemetry] otlp_endpoint` is set and a runtime runs to carry it.
+fn tracer(cfg: &Config, client: &client::Client, metrics: &Metrics) -> Option<Tracer> {
+    let t = &cfg.telemetry;
+    if t.otlp_endpoint.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+        return None;
+    }
+    Some(Tracer::start(
+        &t.otlp_endpoint,
+        t.sample_ratio,
+        &t.service_name,
+        client.clone(),
+        metrics.trace_spans_dropped.clone(),
+    ))
 }
 
 // What a reload may change, built from a configuration. `start` builds the first values with

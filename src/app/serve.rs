@@ -218,6 +218,7 @@ fn keep_restart_values(running: &Config, new: &mut Config) -> Vec<&'static str> 
     keep!("shoptet.ca_file", shoptet.ca_file);
     keep!("store", store);
     keep!("log.format", log.format);
+    keep!("telemetry", telemetry);
     // The settings pages (B9) are built once with the public listener.
     keep!("addon.settings_url", addon.settings_url);
     keep!("addon.settings_session_ttl", addon.settings_session_ttl);

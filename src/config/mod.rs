@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::secret::Secret;
 pub use sections::{
     AddonSection, AdminSection, LogFormat, LogSection, ProxySection, PublicSection, ShoptetSection,
-    StoreSection,
+    StoreSection, TelemetrySection,
 };
 
 mod env;
@@ -101,6 +101,7 @@ pub struct Config {
     pub admin: AdminSection,
     pub store: StoreSection,
     pub log: LogSection,
+    pub telemetry: TelemetrySection,
 }
 
 impl Config {

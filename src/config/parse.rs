@@ -275,6 +275,20 @@ pub fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error
     })
 }
 
+/// An OTLP/HTTP base URL, or "" for none.
+pub fn otlp_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    optional(d, parse_http_url)
+        .map(|u| u.map_or_else(String::new, |u| u.as_str().trim_end_matches('/').to_owned()))
+}
+
+/// A share between 0 and 1.
+pub fn ratio<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    required(d, |value| match value.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{value:?} is not a number between 0 and 1")),
+    })
+}
+
 /// A tracing `EnvFilter` directive.
 pub fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     required(d, |value| {

@@ -331,3 +331,26 @@ impl Default for LogSection {
         }
     }
 }
+
+/// `[telemetry]`: OTLP/HTTP trace export (SPEC B7).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// Base URL of the collector, no trailing slash; "" = no traces. Spans go to `<base>/v1/traces`.
+    #[serde(deserialize_with = "parse::otlp_endpoint")]
+    pub otlp_endpoint: String,
+    #[serde(deserialize_with = "parse::ratio")]
+    pub sample_ratio: f64,
+    #[serde(deserialize_with = "parse::text")]
+    pub service_name: String,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        TelemetrySection {
+            otlp_endpoint: String::new(),
+            sample_ratio: 1.0,
+            service_name: "shoptet-proxy".into(),
+        }
+    }
+}

@@ -173,6 +173,10 @@ fn redacted_output_of_a_config_with_every_key_changed_loads_back_to_it() {
         [log]
         format = "json"
         level = "warn,shoptet_proxy=trace"
+        [telemetry]
+        otlp_endpoint = "http://127.0.0.1:4318"
+        sample_ratio = 0.5
+        service_name = "proxy-eu"
         "#,
         &[],
     );
@@ -661,4 +665,22 @@ fn the_signing_key_is_read_from_its_file_and_proxy_tls_needs_both_files() {
     assert!(!c.redacted_toml().contains("addon-signing key"));
     let message = load_err("[proxy]\ntls_cert_file = \"cert.pem\"\n", &[]);
     assert_mentions(&message, &["proxy.tls_key_file", "tls_cert_file"]);
+}
+
+#[test]
+fn telemetry_keys_parse_and_reject_bad_values() {
+    let c = load_ok(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.25\n",
+        &[],
+    );
+    assert_eq!(c.telemetry.otlp_endpoint, "http://127.0.0.1:4318");
+    assert_eq!(c.telemetry.sample_ratio, 0.25);
+    assert_eq!(c.telemetry.service_name, "shoptet-proxy");
+    let env = load_ok("", &[("SHOPTET_PROXY_TELEMETRY__SAMPLE_RATIO", "0")]);
+    assert_eq!(env.telemetry.sample_ratio, 0.0);
+    assert_eq!(env.telemetry.otlp_endpoint, "");
+    let e = load_err("[telemetry]\nsample_ratio = 1.5\n", &[]);
+    assert_mentions(&e, &["telemetry.sample_ratio", "between 0 and 1"]);
+    let e = load_err("[telemetry]\notlp_endpoint = \"udp://x\"\n", &[]);
+    assert_mentions(&e, &["telemetry.otlp_endpoint"]);
 }

@@ -16,6 +16,7 @@ use crate::secret::Secret;
 use crate::state::eshops::Eshops;
 use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::{self, Kind, RequestSpans, Tracer, Value};
 pub mod own;
 pub mod policy;
 mod renewal;
@@ -49,6 +50,7 @@ static PRIVATE_TOKEN_HEADER: HeaderName = HeaderName::from_static("shoptet-priva
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 pub struct ProxySettings {
     /// `scheme://authority[/base]` of the API, no trailing slash.
@@ -74,6 +76,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Where a signature key a client renews through the proxy is adopted (SPEC B2).
     pub store: Store,
+    /// Set when `[telemetry] otlp_endpoint` is: the only cost of traces when it is not.
+    pub tracer: Option<Tracer>,
 }
 
 /// What the access log line reports about one request.
@@ -86,6 +90,8 @@ struct Trace {
     replayed: bool,
     retries_429: u32,
     request_id: Option<HeaderValue>,
+    /// The request's spans, when traces are on.
+    spans: Option<Box<RequestSpans>>,
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -149,6 +155,9 @@ impl Proxy {
         // A cheap clone (shared bytes): the access line needs the path after `req` is consumed.
         let uri = req.uri().clone();
         let mut trace = Trace::default();
+        if let Some(tracer) = &self.tracer {
+            trace.spans = Some(Box::new(tracer.begin(req.headers().get(&TRACEPARENT))));
+        }
         let resp = match self.forward(req, &mut trace).await {
             Ok(r) => r,
             Err(e) => {
@@ -177,6 +186,9 @@ impl Proxy {
             retries_429 = trace.retries_429,
             request_id = trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
         );
+        if let (Some(tracer), Some(spans)) = (&self.tracer, trace.spans.take()) {
+            finish_trace(tracer, *spans, &trace, &method, uri.path(), status, arrived);
+        }
         resp
     }
 
@@ -238,11 +250,22 @@ impl Proxy {
 
         let eshop = self.eshops.get(eshop_id);
         eshop.count_request();
+        let admit_start = Instant::now();
         let admission = self.flow.admit(&eshop).await?;
         trace.queued = admission.queued;
         trace.paced = admission.paced;
+        if let Some(spans) = trace.spans.as_deref_mut() {
+            let queued_end = admit_start + admission.queued.saturating_sub(admission.paced);
+            spans.child("queue", Kind::Internal, admit_start, queued_end, vec![]);
+            let paced_end = queued_end + admission.paced;
+            spans.child("pacing", Kind::Internal, queued_end, paced_end, vec![]);
+        }
         let mut permit = admission.permit;
+        let waited = Instant::now();
         let mut token = self.tokens.get(&eshop).await?;
+        if let Some(spans) = trace.spans.as_deref_mut() {
+            token_span(spans, waited, &token);
+        }
         let mut attempt = Attempt {
             resendable: body.replayable(),
             idempotent: parts.method == Method::GET || parts.method == Method::HEAD,
@@ -277,12 +300,44 @@ impl Proxy {
             };
             req.headers_mut()
                 .insert(TOKEN_HEADER.clone(), token.header.clone());
+            // Each attempt is a span of its own, and Shoptet sees its id (sampled or not); the
+            // client's traceparent is replaced by it.
+            let attempt_span = trace.spans.as_deref().map(|spans| {
+                let id = traces::new_span_id();
+                req.headers_mut()
+                    .insert(TRACEPARENT.clone(), spans.context(id).header());
+                id
+            });
 
             permit.sending();
             let sent = Instant::now();
             let deadline = sent + settings.upstream_timeout;
             let result = tokio::time::timeout_at(deadline, self.client.request(req)).await;
             let took = sent.elapsed();
+            if let (Some(spans), Some(id)) = (trace.spans.as_deref_mut(), attempt_span) {
+                let outcome = match &result {
+                    Ok(Ok(r)) => (
+                        "http.response.status_code",
+                        Value::Int(r.status().as_u16().into()),
+                    ),
+                    Ok(Err(_)) => ("error.type", Value::Str("unreachable".into())),
+                    Err(_) => ("error.type", Value::Str("timeout".into())),
+                };
+                let attrs = vec![
+                    ("http.request.method", Value::Str(parts.method.to_string())),
+                    outcome,
+                ];
+                let parent = Some(spans.server_id);
+                spans.record(
+                    id,
+                    parent,
+                    "upstream",
+                    Kind::Client,
+                    sent,
+                    sent + took,
+                    attrs,
+                );
+            }
             trace.upstream += took;
             self.metrics.upstream_duration.observe(took.as_secs_f64());
             let resp = match result {
@@ -324,6 +379,7 @@ impl Proxy {
             };
             match policy::decide(&answer, &attempt, settings.max_retry_wait) {
                 Decision::RefreshAndReplay => {
+                    let waited = Instant::now();
                     token = match self.tokens.replace(&eshop, &token).await {
                         Ok(t) => t,
                         Err(e) => {
@@ -334,6 +390,9 @@ impl Proxy {
                             return Err(e);
                         }
                     };
+                    if let Some(spans) = trace.spans.as_deref_mut() {
+                        token_span(spans, waited, &token);
+                    }
                     attempt.replayed = true;
                     trace.replayed = true;
                 }
@@ -387,6 +446,65 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The token wait's span (`shoptet.token` = cached, minted or adopted) and, when the token was
+/// minted for this wait, its getAccessToken call. The token itself is never an attribute.
+fn token_span(spans: &mut RequestSpans, waited: Instant, token: &crate::state::tokens::Token) {
+    let source = token.source_since(waited);
+    let attrs = vec![("shoptet.token", Value::Str(source.into()))];
+    let id = spans.child("token", Kind::Internal, waited, Instant::now(), attrs);
+    if let (Some((start, took)), "minted") = (token.fetch, source) {
+        let attrs = vec![("rpc.method", Value::Str("getAccessToken".into()))];
+        let span = traces::new_span_id();
+        spans.record(
+            span,
+            Some(id),
+            "getAccessToken",
+            Kind::Client,
+            start,
+            start + took,
+            attrs,
+        );
+    }
+}
+
+/// Adds the SERVER span and hands the request's spans to the exporter.
+fn finish_trace(
+    tracer: &Tracer,
+    mut spans: RequestSpans,
+    trace: &Trace,
+    method: &Method,
+    path: &str,
+    status: u16,
+    arrived: Instant,
+) {
+    // The /api path, without the tag prefix a client may have put before it.
+    let route = path.find("/api/").map_or(path, |i| &path[i..]).to_string();
+    let mut attrs = vec![
+        ("http.request.method", Value::Str(method.to_string())),
+        ("http.route", Value::Str(route.clone())),
+        ("http.response.status_code", Value::Int(status.into())),
+        ("shoptet.replayed", Value::Bool(trace.replayed)),
+    ];
+    if let Some(id) = trace.eshop_id {
+        attrs.push(("shoptet.eshop_id", Value::Int(id as i64)));
+    }
+    if let Some(id) = trace.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+        attrs.push(("shoptet.request_id", Value::Str(id.to_string())));
+    }
+    let (id, parent) = (spans.server_id, spans.parent);
+    let name = format!("{method} {route}");
+    spans.record(
+        id,
+        parent,
+        name,
+        Kind::Server,
+        arrived,
+        Instant::now(),
+        attrs,
+    );
+    tracer.finish(spans);
 }
 
 /// An upstream answer's body: already read (a 401 envelope), or still to stream.

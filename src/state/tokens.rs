@@ -54,9 +54,24 @@ pub struct Token {
     generation: u64,
     /// Obtained to replace a token Shoptet rejected, so newer than whatever revoked that one.
     after_rejection: bool,
+    /// For traces (SPEC B7 `shoptet.token`): when this process got it, how (`minted` or
+    /// `adopted`), and the getAccessToken call's start and duration when it was minted.
+    pub obtained: Instant,
+    pub origin: &'static str,
+    pub fetch: Option<(Instant, Duration)>,
 }
 
 impl Token {
+    /// How a wait for a token that began at `since` was served: `cached` unless this token was
+    /// obtained during the wait.
+    pub fn source_since(&self, since: Instant) -> &'static str {
+        if self.obtained >= since {
+            self.origin
+        } else {
+            "cached"
+        }
+    }
+
     fn remaining_at(&self, now: Instant) -> Duration {
         self.expires_at.saturating_duration_since(now)
     }
@@ -464,14 +479,15 @@ impl TokenCache {
                 && rejected.is_none_or(|r| r != stored.token.expose().as_bytes())
             {
                 lock.release().await;
-                return Ok(self.ready(stored, rejected.is_some()));
+                return Ok(self.ready(stored, rejected.is_some(), None));
             }
         }
         let started = Instant::now();
         let fetched = self.oauth.access_token(&inst.oauth_token).await;
+        let took = started.elapsed();
         self.metrics
             .token_fetch_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         let label = fetched.as_ref().map_or_else(FetchError::label, |_| "ok");
         self.metrics.token_fetches.with_label_values(&[label]).inc();
         let token = match fetched {
@@ -498,10 +514,15 @@ impl TokenCache {
         }
         lock.release().await;
         tracing::debug!(eshop_id, "minted a new API access token");
-        Ok(self.ready(token, rejected.is_some()))
+        Ok(self.ready(token, rejected.is_some(), Some((started, took))))
     }
 
-    fn ready(&self, t: AccessToken, after_rejection: bool) -> Arc<Token> {
+    fn ready(
+        &self,
+        t: AccessToken,
+        after_rejection: bool,
+        fetch: Option<(Instant, Duration)>,
+    ) -> Arc<Token> {
         let mut header = HeaderValue::from_str(t.token.expose())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         header.set_sensitive(true);
@@ -510,13 +531,16 @@ impl TokenCache {
             expires_at: to_instant(t.expires_at),
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             after_rejection,
+            obtained: Instant::now(),
+            origin: if fetch.is_some() { "minted" } else { "adopted" },
+            fetch,
         })
     }
 
     /// Caches `token` as `eshop_id`'s current token, exactly as a fetch would, without asking
     /// the store or Shoptet: benchmarks warm a cache of 100,000 e-shops with it.
     pub fn adopt(&self, eshop_id: u64, token: AccessToken) -> Arc<Token> {
-        let token = self.ready(token, false);
+        let token = self.ready(token, false, None);
         lock(&self.eshops.get(eshop_id).token.state).token = Some(token.clone());
         token
     }

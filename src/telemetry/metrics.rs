@@ -77,6 +77,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Mirrors [`super::logging::dropped_lines`], brought up to date at each scrape.
     pub log_lines_dropped: IntCounter,
+    pub trace_spans_dropped: IntCounter,
 }
 
 fn histogram(name: &str, help: &str) -> Histogram {
@@ -201,6 +202,11 @@ impl Metrics {
                 "Log lines dropped because the log writer fell behind (bounded buffer).",
             )
             .expect("static counter"),
+            trace_spans_dropped: IntCounter::new(
+                "shoptet_proxy_trace_spans_dropped_total",
+                "Trace spans dropped: the export queue was full or the collector failed.",
+            )
+            .expect("static counter"),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -252,6 +258,7 @@ impl Metrics {
             Box::new(m.settings_logins.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.log_lines_dropped.clone()),
+            Box::new(m.trace_spans_dropped.clone()),
         ];
         for c in collectors {
             m.registry

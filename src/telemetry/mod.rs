@@ -1,3 +1,5 @@
-//! What the process tells its operators: Prometheus metrics (every name in one module) and logs.
+//! What the process tells its operators: Prometheus metrics (every name in one module), logs
+//! and traces.
 pub mod logging;
 pub mod metrics;
+pub mod traces;
