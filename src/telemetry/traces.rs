@@ -9,7 +9,10 @@
 //! wire types come from `opentelemetry-proto` (prost messages), so the encoding is the
 //! collector's own schema. The queue is bounded: when the exporter falls behind (a slow or
 //! absent collector) spans are dropped and counted in `shoptet_proxy_trace_spans_dropped_total`,
-//! never waited for. With no endpoint configured there is no `Tracer` at all.
+//! never waited for. An export that fails marks the collector down for a backoff (1 s doubling
+//! to 30 s): meanwhile requests keep their trace context and `traceparent` but record no spans
+//! (each span they would have made is counted as dropped), so an absent collector costs neither
+//! the encoding nor the span building. With no endpoint configured there is no `Tracer` at all.
 
 use crate::http::body::ReqBody;
 use crate::http::client::Client;
@@ -23,6 +26,8 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, Scope
 use prometheus::IntCounter;
 use prost::Message;
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -35,6 +40,9 @@ const BATCH: usize = 512;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// One export may take this long; a hung collector then costs one batch, not the queue.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed export the collector counts as down this long, doubling up to `DOWN_MAX`.
+const DOWN_FIRST: Duration = Duration::from_secs(1);
+const DOWN_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -158,6 +166,9 @@ pub struct RequestSpans {
     pub server_id: [u8; 8],
     pub parent: Option<[u8; 8]>,
     pub spans: Vec<SpanRecord>,
+    /// False while the collector is down: sampled spans are counted, not built.
+    keep: bool,
+    skipped: u64,
 }
 
 impl RequestSpans {
@@ -186,7 +197,9 @@ impl RequestSpans {
         end: Instant,
         attrs: Vec<(&'static str, Value)>,
     ) {
-        if self.sampled {
+        if self.sampled && !self.keep {
+            self.skipped += 1;
+        } else if self.sampled {
             self.spans.push(SpanRecord {
                 span_id,
                 parent,
@@ -221,6 +234,8 @@ pub struct Tracer {
     tx: mpsc::Sender<Batch>,
     ratio: f64,
     dropped: IntCounter,
+    /// Set by the exporter while the collector is down.
+    down: Arc<AtomicBool>,
 }
 
 impl Tracer {
@@ -233,14 +248,21 @@ impl Tracer {
         dropped: IntCounter,
     ) -> Tracer {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let down = Arc::new(AtomicBool::new(false));
         let exporter = Exporter {
             url: format!("{}/v1/traces", endpoint.trim_end_matches('/')),
             service_name: service_name.to_string(),
             client,
             dropped: dropped.clone(),
+            down: down.clone(),
         };
         tokio::spawn(exporter.run(rx));
-        Tracer { tx, ratio, dropped }
+        Tracer {
+            tx,
+            ratio,
+            dropped,
+            down,
+        }
     }
 
     /// Begins a request's trace: continues the client's context (its sampled flag decides) or
@@ -260,11 +282,16 @@ impl Tracer {
             server_id: new_span_id(),
             parent: parent.map(|c| c.span_id),
             spans: Vec::new(),
+            keep: !self.down.load(Ordering::Relaxed),
+            skipped: 0,
         }
     }
 
     /// Queues a request's spans for export; drops (and counts) them when the queue is full.
     pub fn finish(&self, rs: RequestSpans) {
+        if rs.skipped > 0 {
+            self.dropped.inc_by(rs.skipped);
+        }
         if !rs.sampled || rs.spans.is_empty() {
             return;
         }
@@ -286,6 +313,7 @@ struct Exporter {
     service_name: String,
     client: Client,
     dropped: IntCounter,
+    down: Arc<AtomicBool>,
 }
 
 fn nanos(b: &Batch, t: Instant) -> u64 {
@@ -311,6 +339,7 @@ impl Exporter {
     async fn run(self, mut rx: mpsc::Receiver<Batch>) {
         let mut pending: Vec<Batch> = Vec::new();
         let mut count = 0usize;
+        let mut backoff = DOWN_FIRST;
         loop {
             let first = match rx.recv().await {
                 Some(b) => b,
@@ -329,10 +358,22 @@ impl Exporter {
                 }
             }
             let body = self.encode(&pending);
-            if !self.post(body).await {
-                self.dropped.inc_by(count as u64);
-            }
+            let sent = self.post(body).await;
             pending.clear();
+            if sent {
+                backoff = DOWN_FIRST;
+            } else {
+                self.dropped.inc_by(count as u64);
+                // Down: requests stop building spans until the next batch probes again; what
+                // was queued meanwhile is dropped and counted.
+                self.down.store(true, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(DOWN_MAX);
+                while let Ok(b) = rx.try_recv() {
+                    self.dropped.inc_by(b.spans.len() as u64);
+                }
+                self.down.store(false, Ordering::Relaxed);
+            }
             count = 0;
         }
     }
