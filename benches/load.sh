@@ -23,6 +23,7 @@ FIRST_ID=1000001
 PREFIX=loadbench
 
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/shoptet-proxy
@@ -39,39 +40,7 @@ echo "building release..." >&2
 cargo build --release --quiet
 cargo bench --quiet --bench fleet --no-run 2>/dev/null
 
-TMP=$(mktemp -d /tmp/shoptet-load.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_http() { # url [tries]
-    for _ in $(seq 1 "${2:-500}"); do
-        curl -sf -o /dev/null --max-time 1 "$1" && return 0
-        sleep 0.02
-    done
-    echo "timed out waiting for $1" >&2
-    return 1
-}
-# utime + stime in clock ticks of a process and its child processes (nginx master + worker).
-cpu_ticks() {
-    local total=0 p
-    for p in "$@" $(pgrep -P "$1" || true); do
-        # Fields 14 and 15 counted after the ")" that ends the command name.
-        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-    done
-    echo "$total"
-}
-HZ=$(getconf CLK_TCK)
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-# wrk latency to milliseconds.
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
+bench_scratch shoptet-load
 
 # ---------------------------------------------------------------- simulator
 SIM_PORT=$(free_port)

@@ -15,34 +15,12 @@ PROFILE=${PROFILE:-release}
 ESHOP=1000001
 
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/shoptet-proxy
 command -v wrk >/dev/null || apt-get install -y -qq wrk >&2
 if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
 
-TMP=$(mktemp -d /tmp/shoptet-traces.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_http() {
-    for _ in $(seq 1 500); do
-        curl -sf -o /dev/null --max-time 1 "$1" && return 0
-        sleep 0.02
-    done
-    echo "timed out waiting for $1" >&2
-    return 1
-}
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-HZ=$(getconf CLK_TCK)
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
+bench_scratch shoptet-traces
 
 SIM_PORT=$(free_port)
 SIM=http://127.0.0.1:$SIM_PORT

@@ -2,6 +2,7 @@
 //! greeting the verified admin and keeping one setting per e-shop in memory. It reads only the
 //! identity headers and uses only relative links, as a real addon would.
 
+use crate::http::html::escape;
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -28,14 +29,6 @@ pub fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 fn identity(h: &HeaderMap, name: &str) -> String {

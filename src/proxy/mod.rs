@@ -192,9 +192,7 @@ impl Proxy {
         resp
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        let settings = self.settings.load();
-        let keys = &settings.client_keys;
+    fn authorize(keys: &[Secret], headers: &HeaderMap) -> Result<(), ProxyError> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -213,9 +211,9 @@ impl Proxy {
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = req.into_parts();
-        self.authorize(&parts.headers)?;
         // One snapshot per request: a reload in the middle does not mix old and new values.
         let settings = self.settings.load_full();
+        Self::authorize(&settings.client_keys, &parts.headers)?;
         if parts.method == Method::CONNECT {
             return Err(ProxyError::NotFound);
         }

@@ -6,6 +6,7 @@
 //! authorization" (`settingsRedirectUri`) is set; otherwise it stays literal and the addon has to
 //! start the authorization flow itself. Every render issues a fresh code.
 
+use crate::http::html::escape;
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -17,22 +18,6 @@ use super::Body;
 
 /// The languages Shoptet puts in `#LANGUAGE#`.
 const LANGUAGES: [&str; 4] = ["cs", "sk", "hu", "en"];
-
-/// Escapes text for HTML content and double- or single-quoted attributes.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// A URL component, percent-encoded for a query value.
 fn enc(s: &str) -> String {
@@ -133,17 +118,4 @@ pub(crate) fn settings(state: &State, eshop: &Eshop, req: &Request<Incoming>) ->
             escape(&src)
         ),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escape_covers_markup_and_both_quotes() {
-        assert_eq!(
-            escape(r#"a&b<c>"d"'e'"#),
-            "a&amp;b&lt;c&gt;&quot;d&quot;&#39;e&#39;"
-        );
-    }
 }
