@@ -9,15 +9,19 @@
 # threads) over the measured window, divided by the requests wrk completed.
 #
 # Usage: benches/load.sh            (about 8 minutes with the defaults)
-# Env:   ROUNDS=5 DURATION=10 CONNECTIONS=64 ESHOPS=100000 LOG_LEVEL=warn SCALE=1
+# Targets: direct, nginx, proxy (`log.level = "warn"`: no access line) and proxy_info (the default
+# `info`: one access line per request, written to a file as a service's journal would take it).
+#
+# Env:   ROUNDS=5 DURATION=10 CONNECTIONS=64 ESHOPS=100000 SCALE=1
 #        SCALE=0 skips the start-up / memory / scale part.
+#        BASELINE=path/to/shoptet-proxy adds that binary as targets base and base_info, measured in
+#        the same interleaved rounds (a change's effect, side by side).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 ESHOPS=${ESHOPS:-100000}
-LOG_LEVEL=${LOG_LEVEL:-warn}
 SCALE=${SCALE:-1}
 FIRST_ID=1000001
 PREFIX=loadbench
@@ -90,7 +94,7 @@ wait_http "http://127.0.0.1:$NGX_PORT/api/eshop"
 # ---------------------------------------------------------------- shoptet-proxy
 "$BIN" gen-key >"$TMP/store.key"
 echo "bench-admin-token" >"$TMP/admin.token"
-write_config() { # name store-file proxy-port admin-port
+write_config() { # name store-file proxy-port admin-port log-level
     cat >"$TMP/$1.toml" <<EOF
 [shoptet]
 api_url = "$SIM"
@@ -108,18 +112,25 @@ token_file = "$TMP/admin.token"
 url = "sqlite://$TMP/$2"
 key_file = "$TMP/store.key"
 [log]
-level = "$LOG_LEVEL"
+level = "$5"
 EOF
 }
-PX_PORT=$(free_port)
-PX_ADMIN=$(free_port)
-write_config proxy one.db "$PX_PORT" "$PX_ADMIN"
 echo "$PREFIX$FIRST_ID" >"$TMP/oauth"
-"$BIN" --config "$TMP/proxy.toml" eshops import "$FIRST_ID" --oauth-token-file "$TMP/oauth" >/dev/null
-taskset -c 0 "$BIN" --config "$TMP/proxy.toml" serve >"$TMP/proxy.log" 2>&1 &
-PX_PID=$!
-PIDS+=("$PX_PID")
-wait_http "http://127.0.0.1:$PX_ADMIN/readyz"
+# name level binary
+PROXIES=("proxy warn $BIN" "proxy_info info $BIN")
+[ -n "${BASELINE:-}" ] && PROXIES+=("base warn $BASELINE" "base_info info $BASELINE")
+declare -A PX_PORT PX_PID
+for p in "${PROXIES[@]}"; do
+    read -r name level bin <<<"$p"
+    PX_PORT[$name]=$(free_port)
+    admin=$(free_port)
+    write_config "$name" "$name.db" "${PX_PORT[$name]}" "$admin" "$level"
+    "$bin" --config "$TMP/$name.toml" eshops import "$FIRST_ID" --oauth-token-file "$TMP/oauth" >/dev/null
+    taskset -c 0 "$bin" --config "$TMP/$name.toml" serve >"$TMP/$name.log" 2>&1 &
+    PX_PID[$name]=$!
+    PIDS+=("$!")
+    wait_http "http://127.0.0.1:$admin/readyz"
+done
 
 # ---------------------------------------------------------------- rounds
 # run_wrk name pid url [header] [lua]: one measured run; appends "rps p50 p99 cpu_us_per_req".
@@ -142,18 +153,17 @@ $(awk -v t=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.2f", t
         >>"$TMP/$name.runs"
 }
 
-TARGETS=(direct nginx proxy)
-declare -A URL=(
-    [direct]="$SIM/api/eshop"
-    [nginx]="http://127.0.0.1:$NGX_PORT/api/eshop"
-    [proxy]="http://127.0.0.1:$PX_PORT/api/eshop"
-)
-declare -A HDR=(
-    [direct]="Shoptet-Access-Token: $TOKEN"
-    [nginx]=""
-    [proxy]="X-Shoptet-Eshop-Id: $FIRST_ID"
-)
-declare -A PID=([direct]=$SIM_PID [nginx]=$NGX_PID [proxy]=$PX_PID)
+TARGETS=(direct nginx)
+declare -A URL=([direct]="$SIM/api/eshop" [nginx]="http://127.0.0.1:$NGX_PORT/api/eshop")
+declare -A HDR=([direct]="Shoptet-Access-Token: $TOKEN" [nginx]="")
+declare -A PID=([direct]=$SIM_PID [nginx]=$NGX_PID)
+for p in "${PROXIES[@]}"; do
+    read -r name _ <<<"$p"
+    TARGETS+=("$name")
+    URL[$name]="http://127.0.0.1:${PX_PORT[$name]}/api/eshop"
+    HDR[$name]="X-Shoptet-Eshop-Id: $FIRST_ID"
+    PID[$name]=${PX_PID[$name]}
+done
 
 echo "warming up..." >&2
 for t in "${TARGETS[@]}"; do
@@ -171,35 +181,37 @@ done
 col() { awk -v c="$1" '{print $c}' "$TMP/$2.runs" | median; }
 echo
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
-echo "command: ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS LOG_LEVEL=$LOG_LEVEL benches/load.sh"
+echo "command: ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=$CONNECTIONS benches/load.sh"
 echo "load: wrk -t1 -c$CONNECTIONS, GET /api/eshop, ${DURATION}s x $ROUNDS interleaved rounds; medians"
 echo "pinning: proxy under test on CPU 0; wrk + simulator on CPU 1"
 echo
-printf '%-8s %10s %9s %9s %16s\n' target req/s p50_ms p99_ms cpu_us/req
+printf '%-10s %10s %9s %9s %16s\n' target req/s p50_ms p99_ms cpu_us/req
 for t in "${TARGETS[@]}"; do
-    printf '%-8s %10.0f %9.3f %9.3f %16.2f\n' "$t" "$(col 1 "$t")" "$(col 2 "$t")" "$(col 3 "$t")" "$(col 4 "$t")"
+    printf '%-10s %10.0f %9.3f %9.3f %16.2f\n' "$t" "$(col 1 "$t")" "$(col 2 "$t")" "$(col 3 "$t")" "$(col 4 "$t")"
 done
 echo "(direct: cpu_us/req is the simulator's)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
 echo
-echo "shoptet-proxy/nginx:  req/s $(ratio "$(col 1 proxy)" "$(col 1 nginx)")" \
-    " p99 $(ratio "$(col 3 proxy)" "$(col 3 nginx)")" \
-    " cpu/req $(ratio "$(col 4 proxy)" "$(col 4 nginx)")"
+for t in "${TARGETS[@]:2}"; do
+    echo "$t/nginx: req/s $(ratio "$(col 1 $t)" "$(col 1 nginx)")" \
+        " p99 $(ratio "$(col 3 $t)" "$(col 3 nginx)")" \
+        " cpu/req $(ratio "$(col 4 $t)" "$(col 4 nginx)")"
+done
 echo "shoptet-proxy/direct: req/s $(ratio "$(col 1 proxy)" "$(col 1 direct)")" \
     " p99 $(ratio "$(col 3 proxy)" "$(col 3 direct)")"
-echo "proxy RSS after the rounds: $(awk '/VmRSS/ {print $2, $3}' "/proc/$PX_PID/status")"
+echo "proxy RSS after the rounds: $(awk '/VmRSS/ {print $2, $3}' "/proc/${PX_PID[proxy]}/status")"
 
 [ "$SCALE" = 1 ] || exit 0
 
 # ---------------------------------------------------------------- start-up, memory, scale
-kill "$NGX_PID" "$PX_PID"
-wait "$NGX_PID" "$PX_PID" 2>/dev/null || true
+kill "$NGX_PID" "${PX_PID[@]}"
+wait "$NGX_PID" "${PX_PID[@]}" 2>/dev/null || true
 echo
 echo "writing $ESHOPS installations into a fresh SQLite store..." >&2
 cargo bench --quiet --bench fleet -- "$TMP/fleet.db" "$TMP/store.key" "$FIRST_ID" "$ESHOPS" "$PREFIX"
 FL_PORT=$(free_port)
 FL_ADMIN=$(free_port)
-write_config fleet fleet.db "$FL_PORT" "$FL_ADMIN"
+write_config fleet fleet.db "$FL_PORT" "$FL_ADMIN" warn
 start_ns=$(date +%s%N)
 taskset -c 0 "$BIN" --config "$TMP/fleet.toml" serve >"$TMP/fleet.log" 2>&1 &
 FL_PID=$!

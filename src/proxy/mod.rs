@@ -15,6 +15,7 @@ use crate::limits::flow::{Flow, Permit};
 use crate::secret::Secret;
 use crate::state::eshops::Eshops;
 use crate::store::Store;
+use crate::telemetry::access::{self, AccessLine};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::{self, Kind, RequestSpans, Tracer, Value};
 pub mod own;
@@ -172,20 +173,19 @@ impl Proxy {
         let total = arrived.elapsed();
         self.metrics.count_proxy_request(&method, status);
         self.metrics.request_duration.observe(total.as_secs_f64());
-        tracing::info!(
-            target: "access",
-            method = %method,
-            path = %uri.path(),
-            eshop_id = trace.eshop_id,
+        access::log(&AccessLine {
+            method: method.as_str(),
+            path: uri.path(),
+            eshop_id: trace.eshop_id,
             status,
-            total_ms = total.as_secs_f64() * 1e3,
-            upstream_ms = trace.upstream.as_secs_f64() * 1e3,
-            queued_ms = trace.queued.as_secs_f64() * 1e3,
-            paced_ms = trace.paced.as_secs_f64() * 1e3,
-            replayed = trace.replayed,
-            retries_429 = trace.retries_429,
-            request_id = trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        );
+            total,
+            upstream: trace.upstream,
+            queued: trace.queued,
+            paced: trace.paced,
+            replayed: trace.replayed,
+            retries_429: trace.retries_429,
+            request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        });
         if let (Some(tracer), Some(spans)) = (&self.tracer, trace.spans.take()) {
             finish_trace(tracer, *spans, &trace, &method, uri.path(), status, arrived);
         }

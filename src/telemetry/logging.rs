@@ -1,8 +1,8 @@
 //! Log output (SPEC B7): tracing to stdout, text or JSON, level from `log.level` unless
 //! `RUST_LOG` is set; the level can be changed at run time (SIGHUP, see [`set_level`]).
 //!
-//! Lines go to stdout through a bounded, lossy, non-blocking writer: a request never waits for
-//! the terminal, the journal or a slow pipe (the access line alone cost every request about
+//! Lines go to stdout through a bounded, lossy buffer ([`super::output`]): a request never waits
+//! for the terminal, the journal or a slow pipe (the access line alone cost every request about
 //! 1.7 µs written synchronously), memory stays bounded, and what a full buffer drops is counted
 //! ([`dropped_lines`], exported as `shoptet_proxy_log_lines_dropped_total`). [`flush`] writes
 //! what is buffered before the process exits.
@@ -12,9 +12,9 @@
 //! kept out at the source (the [`crate::secret::Secret`] type prints `<redacted>`, token header
 //! values are marked sensitive), not filtered here.
 
+use super::output::{Output, Writer};
 use crate::config::{LogFormat, LogSection};
-use std::sync::{Mutex, OnceLock};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{reload, EnvFilter, Layer as _, Registry};
@@ -24,14 +24,8 @@ static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 /// The format [`init`] installed; [`fatal`] writes in it.
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
-/// Lines buffered for the writer thread at most; beyond, new lines are dropped and counted. At
-/// ~300 bytes a line this bounds the buffer near 20 MiB, and it absorbs a burst of some 65,000
-/// requests while stdout is stalled.
-const BUFFERED_LINES: usize = 65_536;
-/// The writer thread's guard: dropping it flushes the buffer ([`flush`]).
-static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
-/// Counts lines the full buffer dropped.
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+/// The buffer every line goes through, once [`init`] installed the subscriber.
+static OUTPUT: OnceLock<&'static Output> = OnceLock::new();
 
 /// Whether `RUST_LOG` decided the filter at start; it then wins over `log.level` reloads too.
 fn rust_log() -> Option<EnvFilter> {
@@ -47,15 +41,10 @@ pub fn init(cfg: &LogSection) {
     let (filter, handle) = reload::Layer::new(filter);
     // Colour codes only for a person at a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(BUFFERED_LINES)
-        .thread_name("shoptet-proxy-log")
-        .finish(std::io::stdout());
-    let dropped = writer.error_counter();
+    let out = Output::start(std::io::stdout());
     let output = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
-        .with_writer(writer);
+        .with_writer(move || Writer(out));
     let output = match cfg.format {
         LogFormat::Text => output.boxed(),
         LogFormat::Json => output
@@ -71,8 +60,7 @@ pub fn init(cfg: &LogSection) {
         .is_ok()
     {
         let _ = FILTER.set(handle);
-        let _ = DROPPED.set(dropped);
-        *WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+        let _ = OUTPUT.set(out);
         let _ = FORMAT.set(cfg.format);
         if cfg.format == LogFormat::Json {
             // The default hook prints plain text; a panic is logged as one JSON object instead.
@@ -90,19 +78,28 @@ pub fn init(cfg: &LogSection) {
                 fatal(format_args!("panic{location}: {payload}"));
             }));
         }
+    } else {
+        // Another subscriber was installed first (an in-process test): this output is unused.
+        out.close();
     }
 }
 
 /// Writes every buffered line out and stops the writer thread; later lines are dropped. Called
 /// once, when a command is done.
 pub fn flush() {
-    let guard = WRITER.lock().unwrap_or_else(|e| e.into_inner()).take();
-    drop(guard);
+    if let Some(out) = OUTPUT.get() {
+        out.close();
+    }
+}
+
+/// The format and writer of the installed output, once [`init`] installed it.
+pub fn access_sink() -> Option<(LogFormat, &'static Output)> {
+    Some((*FORMAT.get()?, *OUTPUT.get()?))
 }
 
 /// Log lines dropped so far because the writer fell behind.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    OUTPUT.get().map_or(0, |out| out.dropped())
 }
 
 /// Prints an error that ends the process on stderr: in the format [`init`] installed (text when
