@@ -13,6 +13,10 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
     cargo install cargo-deny --locked
 fi
 
+# --offline reads every platform's crates from the local registry cache, which a build fills only
+# for this platform's: fetch them all first (the registry is reachable; GitHub is not).
+cargo fetch --quiet
+
 if [ "${1:-}" = advisories ]; then
     cargo deny check --hide-inclusion-graph advisories licenses bans sources
 else
