@@ -134,6 +134,10 @@ pub struct Lane {
     bucket: Mutex<Bucket>,
     /// Wakes paced requests when an answer corrects the model, often freeing room early.
     answers: Notify,
+    /// Requests waiting in [`Flow::pace`]. `notify_waiters` takes a lock inside tokio; an answer
+    /// skips it when this is zero, which is almost always (issue 19). SeqCst on both sides: a
+    /// pacer that registers after an answer read zero checks the bucket after that answer's update.
+    pacers: AtomicUsize,
     /// Requests this lane delayed for the bucket since start (the status pages show it).
     paced_total: AtomicU64,
 }
@@ -157,6 +161,7 @@ impl Lane {
             waiting: AtomicUsize::new(0),
             bucket: Mutex::new(Bucket::new(Instant::now())),
             answers: Notify::new(),
+            pacers: AtomicUsize::new(0),
             paced_total: AtomicU64::new(0),
         }
     }
@@ -310,6 +315,7 @@ impl Flow {
         // the model must not go back in time.
         let start = Instant::now();
         let mut now = start;
+        let mut registered: Option<Pacer> = None;
         loop {
             // Registered before the check, so an answer landing in between still wakes us.
             let answered = lane.answers.notified();
@@ -318,6 +324,12 @@ impl Flow {
                 Ok(()) => return now - start,
                 Err(wait) => wait,
             };
+            if registered.is_none() {
+                // Counted as a pacer only once it has to wait; answers from now on notify, and
+                // the bucket is looked at once more in case one landed before the count.
+                registered = Some(Pacer::new(&lane.pacers));
+                continue;
+            }
             if now >= deadline {
                 lock(&lane.bucket).reserve_anyway();
                 return now - start;
@@ -327,6 +339,31 @@ impl Flow {
                 _ = answered => {}
             }
             now = Instant::now();
+        }
+    }
+}
+
+/// Counts a request in [`Lane::pacers`] while it waits for the bucket, cancellation included.
+struct Pacer<'a>(&'a AtomicUsize);
+
+impl<'a> Pacer<'a> {
+    fn new(count: &'a AtomicUsize) -> Pacer<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Pacer(count)
+    }
+}
+
+impl Drop for Pacer<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Lane {
+    /// Wakes the paced requests, if any, after an answer changed the model.
+    fn answer_changed_the_model(&self) {
+        if self.pacers.load(Ordering::SeqCst) > 0 {
+            self.answers.notify_waiters();
         }
     }
 }
@@ -379,7 +416,7 @@ impl Permit {
             self.metrics.bucket_429.inc();
         }
         drop(b);
-        lane.answers.notify_waiters();
+        lane.answer_changed_the_model();
     }
 }
 
@@ -389,7 +426,7 @@ impl Drop for Permit {
         let lane = self.owner.as_ref().as_ref();
         if self.awaiting_answer {
             lock(&lane.bucket).answered(Instant::now(), None);
-            lane.answers.notify_waiters();
+            lane.answer_changed_the_model();
         }
         lane.slots.release();
     }
