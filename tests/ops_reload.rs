@@ -326,3 +326,35 @@ async fn sighup_serves_a_rotated_certificate_to_new_connections_only() {
     assert_eq!(reloads(&http, &served, "error").await, 1);
     still_running(&served, pid);
 }
+
+/// The settings pages' keys apply too (SPEC B7 lists the addon URLs): `/settings` is off without
+/// a `settings_url` and verifies logins once a reload sets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_turns_the_settings_pages_on_with_a_new_settings_url() {
+    let addon = WebhookReceiver::start().await;
+    let setup = Setup::new(&addon.url(""), "5s").await;
+    let served = Served::start(&setup.config, "");
+    let pid = served.pid();
+    let http = TestClient::new();
+    let page = format!("http://{}/settings?eshopId=1&language=cs", served.public);
+    let r = http.get(&page, &[]).await;
+    assert_eq!(r.status, 404, "off without settings_url: {}", r.text());
+    assert!(r.text().contains("proxy-not-found"));
+
+    let config = std::fs::read_to_string(&setup.config).expect("config");
+    write(
+        &setup.config,
+        &with_key(
+            &config,
+            "addon",
+            "settings_url",
+            r#""http://127.0.0.1:9/settings""#,
+        ),
+    );
+    assert!(reload(&served));
+    let r = http.get(&page, &[]).await;
+    // E-shop 1 is not installed: the pages are on, and refuse it.
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("proxy-settings-denied"), "{}", r.text());
+    still_running(&served, pid);
+}

@@ -260,6 +260,20 @@ fn public_settings(cfg: &Config) -> PublicSettings {
     }
 }
 
+fn pages_config(cfg: &Config) -> PagesConfig {
+    PagesConfig {
+        settings_url: cfg.addon.settings_url.clone(),
+        session_ttl: cfg.addon.settings_session_ttl,
+        frame_ancestors: cfg.addon.settings_frame_ancestors.clone(),
+        creds: Credentials {
+            client_id: cfg.shoptet.client_id.clone(),
+            client_secret: cfg.shoptet.client_secret.clone(),
+            redirect_uri: cfg.shoptet.settings_redirect_uri.clone(),
+        },
+        oauth_timeout: cfg.proxy.upstream_timeout,
+    }
+}
+
 fn targets(cfg: &Config) -> Targets {
     Targets {
         events_url: cfg.addon.events_url.clone(),
@@ -397,17 +411,7 @@ pub async fn start_with(
             metrics: app.metrics.clone(),
             outbox: wake.clone(),
             pages: Arc::new(SettingsPages::new(
-                PagesConfig {
-                    settings_url: app.cfg.addon.settings_url.clone(),
-                    session_ttl: app.cfg.addon.settings_session_ttl,
-                    frame_ancestors: app.cfg.addon.settings_frame_ancestors.clone(),
-                    creds: Credentials {
-                        client_id: app.cfg.shoptet.client_id.clone(),
-                        client_secret: app.cfg.shoptet.client_secret.clone(),
-                        redirect_uri: app.cfg.shoptet.settings_redirect_uri.clone(),
-                    },
-                    oauth_timeout: app.cfg.proxy.upstream_timeout,
-                },
+                pages_config(&app.cfg),
                 app.store.clone(),
                 app.proxy.clone(),
                 client::client(None, app.cfg.shoptet.connect_timeout)?,

@@ -176,10 +176,10 @@ impl Reloader {
             .store(new.admin.token.clone().map(Arc::new));
         if let Some(public) = &self.public {
             public.settings.store(Arc::new(public_settings(&new)));
+            public.pages.reconfigure(pages_config(&new));
         }
         self.outbox.targets.store(Arc::new(targets(&new)));
-        // The addon signing key travels in the outbox's targets above; the settings keys other
-        // branches add are stored here the same way, from `new`.
+        // The addon signing key travels in the outbox's targets above.
         if new.log.level != running.log.level {
             match crate::telemetry::logging::set_level(&new.log.level) {
                 Ok(()) => tracing::info!(filter = %new.log.level, "reload: log level changed"),
@@ -219,17 +219,6 @@ fn keep_restart_values(running: &Config, new: &mut Config) -> Vec<&'static str> 
     keep!("store", store);
     keep!("log.format", log.format);
     keep!("telemetry", telemetry);
-    // The settings pages (B9) are built once with the public listener.
-    keep!("addon.settings_url", addon.settings_url);
-    keep!("addon.settings_session_ttl", addon.settings_session_ttl);
-    keep!(
-        "addon.settings_frame_ancestors",
-        addon.settings_frame_ancestors
-    );
-    keep!(
-        "shoptet.settings_redirect_uri",
-        shoptet.settings_redirect_uri
-    );
     // New certificate and key files apply; turning TLS on or off does not.
     let tls = |c: &Config| c.public.tls_cert_file.is_some() && c.public.tls_key_file.is_some();
     if tls(new) != tls(running) {

@@ -10,6 +10,7 @@ use crate::http::body::ReqBody;
 use crate::http::client::Client;
 use crate::proxy::Proxy;
 use crate::secret::Secret;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::{header, HeaderValue, Method, Request, StatusCode};
@@ -51,23 +52,33 @@ pub struct Credentials {
 
 /// Finds each e-shop's OAuth server and talks to it.
 pub struct EshopOAuth {
-    pub creds: Credentials,
+    /// Replaced whole by a reload (SPEC B7: the client secret and timeouts apply at once).
+    live: ArcSwap<Live>,
     proxy: Arc<Proxy>,
     /// The client built for Shoptet (its CA settings cover the e-shops' OAuth servers).
     client: Client,
-    timeout: Duration,
     servers: DashMap<u64, (url::Url, Instant)>,
+}
+
+/// What a reload may change: the credentials and the per-call timeout.
+struct Live {
+    creds: Credentials,
+    timeout: Duration,
 }
 
 impl EshopOAuth {
     pub fn new(creds: Credentials, proxy: Arc<Proxy>, timeout: Duration) -> EshopOAuth {
         EshopOAuth {
-            creds,
+            live: ArcSwap::from_pointee(Live { creds, timeout }),
             client: proxy.client.clone(),
             proxy,
-            timeout,
             servers: DashMap::new(),
         }
+    }
+
+    /// Applies reloaded credentials and timeout to the calls made from now on.
+    pub fn reconfigure(&self, creds: Credentials, timeout: Duration) {
+        self.live.store(Arc::new(Live { creds, timeout }));
     }
 
     /// The e-shop's OAuth server base (ending in `/`), cached.
@@ -91,13 +102,14 @@ impl EshopOAuth {
 
     /// The URL `authorize` starts the authorization-code flow at.
     pub fn authorize_url(&self, base: &url::Url, state: &str) -> String {
+        let live = self.live.load();
         let mut url = base.clone();
         url.set_path(&format!("{}authorize", base.path()));
         url.query_pairs_mut()
-            .append_pair("client_id", &self.creds.client_id)
+            .append_pair("client_id", &live.creds.client_id)
             .append_pair("scope", SCOPE)
             .append_pair("response_type", "code")
-            .append_pair("redirect_uri", &self.creds.redirect_uri)
+            .append_pair("redirect_uri", &live.creds.redirect_uri)
             .append_pair("state", state);
         url.into()
     }
@@ -126,16 +138,17 @@ impl EshopOAuth {
     }
 
     async fn exchange(&self, base: &url::Url, code: &str) -> Result<Secret, LoginError> {
-        let Some(secret) = &self.creds.client_secret else {
+        let live = self.live.load_full();
+        let Some(secret) = &live.creds.client_secret else {
             tracing::error!("settings: shoptet.client_secret is not configured");
             return Err(LoginError::Unreachable);
         };
         let form = form_urlencoded::Serializer::new(String::new())
-            .append_pair("client_id", &self.creds.client_id)
+            .append_pair("client_id", &live.creds.client_id)
             .append_pair("client_secret", secret.expose())
             .append_pair("code", code)
             .append_pair("grant_type", "authorization_code")
-            .append_pair("redirect_uri", &self.creds.redirect_uri)
+            .append_pair("redirect_uri", &live.creds.redirect_uri)
             .append_pair("scope", SCOPE)
             .finish();
         let (status, body) = self
@@ -213,7 +226,8 @@ impl EshopOAuth {
         let req = req
             .body(ReqBody::full(body))
             .map_err(|_| LoginError::Unreachable)?;
-        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+        let timeout = self.live.load().timeout;
+        let resp = tokio::time::timeout(timeout, self.client.request(req))
             .await
             .map_err(|_| LoginError::Unreachable)?
             .map_err(|e| {
@@ -222,7 +236,7 @@ impl EshopOAuth {
             })?;
         let status = resp.status();
         let body = tokio::time::timeout(
-            self.timeout,
+            timeout,
             Limited::new(resp.into_body(), MAX_ANSWER).collect(),
         )
         .await

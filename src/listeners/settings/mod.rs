@@ -23,6 +23,7 @@ use crate::http::client::Client;
 use crate::proxy::Proxy;
 use crate::store::{Status, Store};
 use crate::telemetry::metrics::Metrics;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -169,15 +170,21 @@ pub struct PagesConfig {
 /// sessions derive from), the e-shops' OAuth servers (through the proxy's token handling), a
 /// plain client for the addon, the metrics.
 pub struct SettingsPages {
-    settings_url: Option<url::Url>,
-    session_ttl: Duration,
-    frame_ancestors: Vec<String>,
+    /// Replaced whole by a reload (SPEC B7): requests that start afterwards see the new values.
+    keys: ArcSwap<PageKeys>,
     store: Store,
     oauth: EshopOAuth,
     addon: Client,
     metrics: Arc<Metrics>,
     sessions: Sealer,
     states: Sealer,
+}
+
+/// The `[addon] settings_*` values, as one reloadable unit.
+struct PageKeys {
+    settings_url: Option<url::Url>,
+    session_ttl: Duration,
+    frame_ancestors: Vec<String>,
 }
 
 /// The query parameter `name`, decoded.
@@ -254,14 +261,26 @@ impl SettingsPages {
                 &store.derived_keys(seal::SESSION_LABEL),
             ),
             states: Sealer::new(seal::STATE_LABEL, &store.derived_keys(seal::STATE_LABEL)),
-            settings_url: cfg.settings_url,
-            session_ttl: cfg.session_ttl,
-            frame_ancestors: cfg.frame_ancestors,
+            keys: ArcSwap::from_pointee(PageKeys {
+                settings_url: cfg.settings_url,
+                session_ttl: cfg.session_ttl,
+                frame_ancestors: cfg.frame_ancestors,
+            }),
             oauth: EshopOAuth::new(cfg.creds, proxy, cfg.oauth_timeout),
             store,
             addon,
             metrics,
         }
+    }
+
+    /// Applies reloaded settings keys and OAuth client settings to requests from now on.
+    pub fn reconfigure(&self, cfg: PagesConfig) {
+        self.keys.store(Arc::new(PageKeys {
+            settings_url: cfg.settings_url,
+            session_ttl: cfg.session_ttl,
+            frame_ancestors: cfg.frame_ancestors,
+        }));
+        self.oauth.reconfigure(cfg.creds, cfg.oauth_timeout);
     }
 
     /// Answers any request under `/settings`.
@@ -277,7 +296,8 @@ impl SettingsPages {
             },
             None => path.clone(),
         };
-        let resp = match &self.settings_url {
+        let keys = self.keys.load_full();
+        let resp = match &keys.settings_url {
             None => Err(Fail::NotFound),
             Some(base) => self.route(req, &path, base).await,
         };
@@ -414,7 +434,7 @@ impl SettingsPages {
             name: who.name,
             language,
             project_url: who.project_url,
-            expires: seal::unix(SystemTime::now() + self.session_ttl),
+            expires: seal::unix(SystemTime::now() + self.keys.load().session_ttl),
         };
         tracing::info!(eshop_id, "settings: admin signed in");
         let location = format!("/settings/s/{}/", self.sessions.seal(&session));
@@ -497,7 +517,7 @@ impl SettingsPages {
             .filter_map(origin)
             .collect();
         ancestors.push(SHOPTET_ANCESTOR.to_owned());
-        ancestors.extend(self.frame_ancestors.iter().cloned());
+        ancestors.extend(self.keys.load().frame_ancestors.iter().cloned());
         ancestors.dedup();
         if let Ok(v) = HeaderValue::from_str(&format!("frame-ancestors {}", ancestors.join(" "))) {
             h.append(header::CONTENT_SECURITY_POLICY, v);
