@@ -42,3 +42,23 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 
 # wrk's latency figures (123.45us, 1.20ms, 1.01s) to milliseconds.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
+
+# Starts the simulator with its limits off -- pinned to CPU list $1 with taskset, unless "" --
+# and installs $3 e-shops from id $2 whose OAuth tokens are "$4<id>". Sets SIM, SIM_PORT, SIM_PID.
+start_sim() { # cpus first-id count token-prefix
+    SIM_PORT=$(free_port)
+    SIM=http://127.0.0.1:$SIM_PORT
+    ${1:+taskset -c "$1"} "$BIN" sim --listen "127.0.0.1:$SIM_PORT" --no-limits --token-cap 0 \
+        --token-lifetime 24h >"$TMP/sim.log" 2>&1 &
+    SIM_PID=$!
+    PIDS+=("$SIM_PID")
+    wait_http "$SIM/sim/config"
+    curl -sf -X POST "$SIM/sim/eshops/bulk" -H 'content-type: application/json' \
+        -d "{\"from\":$2,\"count\":$3,\"oauthTokenPrefix\":\"$4\"}" >/dev/null
+}
+
+# The [shoptet] section of a benched proxy: the simulator's API and OAuth server.
+shoptet_section() {
+    printf '[shoptet]\napi_url = "%s"\npartner_url = "%s"\nclient_id = "sim-client"\nclient_secret = "sim-secret"\n' \
+        "$SIM" "$SIM"
+}

@@ -47,16 +47,7 @@ cargo bench --quiet --bench fleet --no-run 2>/dev/null
 bench_scratch shoptet-load
 
 # ---------------------------------------------------------------- simulator
-SIM_PORT=$(free_port)
-SIM=http://127.0.0.1:$SIM_PORT
-taskset -c 1 "$BIN" sim --listen "127.0.0.1:$SIM_PORT" --no-limits --token-cap 0 \
-    --token-lifetime 24h >"$TMP/sim.log" 2>&1 &
-SIM_PID=$!
-PIDS+=("$SIM_PID")
-wait_http "$SIM/sim/config"
-COUNT=$([ "$SCALE" = 1 ] && echo "$ESHOPS" || echo 1)
-curl -sf -X POST "$SIM/sim/eshops/bulk" -H 'content-type: application/json' \
-    -d "{\"from\":$FIRST_ID,\"count\":$COUNT,\"oauthTokenPrefix\":\"$PREFIX\"}" >/dev/null
+start_sim "1" "$FIRST_ID" "$([ "$SCALE" = 1 ] && echo "$ESHOPS" || echo 1)" "$PREFIX"
 TOKEN=$(curl -sf -H "Authorization: Bearer $PREFIX$FIRST_ID" \
     "$SIM/action/ApiOAuthServer/getAccessToken" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
@@ -96,11 +87,7 @@ wait_http "http://127.0.0.1:$NGX_PORT/api/eshop"
 echo "bench-admin-token" >"$TMP/admin.token"
 write_config() { # name store-file proxy-port admin-port log-level
     cat >"$TMP/$1.toml" <<EOF
-[shoptet]
-api_url = "$SIM"
-partner_url = "$SIM"
-client_id = "sim-client"
-client_secret = "sim-secret"
+$(shoptet_section)
 [proxy]
 listen = "127.0.0.1:$3"
 max_in_flight_per_eshop = $CONNECTIONS

@@ -24,24 +24,13 @@ done
 cargo build --release --quiet
 bench_scratch shoptet-profile
 
-SIM_PORT=$(free_port)
-SIM=http://127.0.0.1:$SIM_PORT
-taskset -c 1 "$BIN" sim --listen "127.0.0.1:$SIM_PORT" --no-limits --token-cap 0 \
-    --token-lifetime 24h >"$TMP/sim.log" 2>&1 &
-PIDS+=("$!")
-wait_http "$SIM/sim/config"
-curl -sf -X POST "$SIM/sim/eshops/bulk" -H 'content-type: application/json' \
-    -d "{\"from\":$ESHOP,\"count\":1,\"oauthTokenPrefix\":\"prof\"}" >/dev/null
+start_sim "1" "$ESHOP" "1" prof
 "$BIN" gen-key >"$TMP/store.key"
 echo "prof$ESHOP" >"$TMP/oauth"
 PORT=$(free_port)
 ADMIN=$(free_port)
 cat >"$TMP/proxy.toml" <<CONF
-[shoptet]
-api_url = "$SIM"
-partner_url = "$SIM"
-client_id = "sim-client"
-client_secret = "sim-secret"
+$(shoptet_section)
 [proxy]
 listen = "127.0.0.1:$PORT"
 max_in_flight_per_eshop = $CONNECTIONS

@@ -22,14 +22,7 @@ if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo buil
 
 bench_scratch shoptet-traces
 
-SIM_PORT=$(free_port)
-SIM=http://127.0.0.1:$SIM_PORT
-"$BIN" sim --listen "127.0.0.1:$SIM_PORT" --no-limits --token-cap 0 --token-lifetime 24h \
-    >"$TMP/sim.log" 2>&1 &
-PIDS+=("$!")
-wait_http "$SIM/sim/config"
-curl -sf -X POST "$SIM/sim/eshops/bulk" -H 'content-type: application/json' \
-    -d "{\"from\":$ESHOP,\"count\":1,\"oauthTokenPrefix\":\"bench\"}" >/dev/null
+start_sim "" "$ESHOP" "1" bench
 "$BIN" gen-key >"$TMP/store.key"
 echo "bench$ESHOP" >"$TMP/oauth"
 # A port nothing listens on: the collector is down.
@@ -43,11 +36,7 @@ for name in off down; do
     [ "$name" = down ] && telemetry="[telemetry]
 otlp_endpoint = \"http://127.0.0.1:$DEAD\""
     cat >"$TMP/$name.toml" <<EOF
-[shoptet]
-api_url = "$SIM"
-partner_url = "$SIM"
-client_id = "sim-client"
-client_secret = "sim-secret"
+$(shoptet_section)
 [proxy]
 listen = "127.0.0.1:$port"
 max_in_flight_per_eshop = $CONNECTIONS
