@@ -66,8 +66,14 @@ async fn without_pacing_the_same_flood_meets_many_429s() {
         load.ok(),
         load.failures()
     );
-    // Every one of them was the bucket's (with Retry-After), and the proxy counted each.
-    assert_eq!(h.metrics().bucket_429.get(), sim_429);
+    // Every 429 the proxy met was the bucket's (with Retry-After) and counted as such. Compared
+    // with the proxy's own count of upstream 429s, not the simulator's: a 429 still on its way
+    // when its client gave up at the end of the flood is counted by the simulator only.
+    let m = h.metrics();
+    let met = m.upstream_429.with_label_values(&["retried"]).get()
+        + m.upstream_429.with_label_values(&["returned"]).get();
+    assert_eq!(m.bucket_429.get(), met);
+    assert!(met >= 5 && met <= sim_429, "{met} met, {sim_429} sent");
     assert_eq!(h.metrics().paced.get(), 0);
     h.stop().await;
 }
