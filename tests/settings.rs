@@ -6,10 +6,10 @@ mod common;
 use bytes::Bytes;
 use common::deploy::{Deployment, Proxy};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::json;
 use shoptet_proxy::listeners::settings::seal::{self, Sealer, Session};
-use shoptet_proxy::sim::testing::TestResponse;
+use shoptet_proxy::sim::testing::{Received, TestResponse};
 use shoptet_proxy::store::Status;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -19,45 +19,22 @@ const OTHER: u64 = 333777;
 /// What the harness's `redirect_uri` becomes for the settings flow.
 const SETTINGS_REDIRECT: &str = "http://127.0.0.1/settings/authorized";
 
-/// One request the stand-in addon received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
 /// The addon's settings backend: records every request, answers a page with a relative link and
 /// a form, and an `X-Frame-Options` the proxy must remove.
 struct Addon {
     url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Addon {
     async fn start() -> Addon {
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
         let log = seen.clone();
         let url = common::stand_in(move |req: Request<hyper::body::Incoming>| {
             let log = log.clone();
             async move {
-                let (parts, body) = req.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
-                log.lock().unwrap().push(Seen {
-                    method: parts.method.to_string(),
-                    path: parts
-                        .uri
-                        .path_and_query()
-                        .map(|p| p.to_string())
-                        .unwrap_or_default(),
-                    headers: parts.headers,
-                    body,
-                });
+                let received = Received::read(req).await;
+                log.lock().unwrap().push(received);
                 let page = "<a href=\"other?x=1\">other</a><form method=post action=\"save\">\
                             <input name=greeting></form>";
                 let mut r = Response::new(Full::new(Bytes::from(page)));
@@ -74,7 +51,7 @@ impl Addon {
         Addon { url, seen }
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    fn seen(&self) -> Vec<Received> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -187,7 +164,7 @@ fn iframe_src(html: &str) -> String {
     html[start..end].replace("&amp;", "&")
 }
 
-fn header<'a>(s: &'a Seen, name: &str) -> &'a str {
+fn header<'a>(s: &'a Received, name: &str) -> &'a str {
     s.headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -245,7 +222,7 @@ async fn simplified_flow_reaches_the_addon_with_the_verified_identity() {
     let seen = s.addon.seen();
     assert_eq!(seen.len(), 1);
     let first = &seen[0];
-    assert_eq!(first.path, "/settings/");
+    assert_eq!(first.path_and_query, "/settings/");
     assert_eq!(header(first, "x-shoptet-eshop-id"), ESHOP.to_string());
     assert_eq!(header(first, "x-shoptet-user-email"), "jana@example.com");
     assert_eq!(
@@ -278,10 +255,10 @@ async fn simplified_flow_reaches_the_addon_with_the_verified_identity() {
             .await;
     assert_eq!(r.status, 200);
     let seen = s.addon.seen();
-    assert_eq!(seen[1].path, "/settings/other?x=1");
+    assert_eq!(seen[1].path_and_query, "/settings/other?x=1");
     assert_eq!(header(&seen[1], "x-shoptet-user-email"), "jana@example.com");
     assert_eq!(
-        (seen[2].method.as_str(), seen[2].path.as_str()),
+        (seen[2].method.as_str(), seen[2].path_and_query.as_str()),
         ("POST", "/settings/save")
     );
     assert_eq!(seen[2].body, "greeting=Ahoj+sv%C4%9Bte");

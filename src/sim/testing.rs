@@ -184,6 +184,28 @@ pub struct Received {
     pub body: Bytes,
 }
 
+impl Received {
+    /// Reads a whole request (its body collected; an unreadable body counts as empty).
+    pub async fn read(req: Request<Incoming>) -> Received {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Received {
+            method: parts.method,
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
 /// A local HTTP server that records every request and answers from a script of statuses
 /// (then 200). Use it as a webhook URL, an install URL, or an addon endpoint.
 pub struct WebhookReceiver {
@@ -209,22 +231,7 @@ impl WebhookReceiver {
                     let tx = tx.clone();
                     let s = s.clone();
                     async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|c| c.to_bytes())
-                            .unwrap_or_default();
-                        let _ = tx.send(Received {
-                            method: parts.method,
-                            path_and_query: parts
-                                .uri
-                                .path_and_query()
-                                .map(|p| p.to_string())
-                                .unwrap_or_default(),
-                            headers: parts.headers,
-                            body,
-                        });
+                        let _ = tx.send(Received::read(req).await);
                         let status = s.lock().ok().and_then(|mut q| q.pop_front()).unwrap_or(200);
                         let mut r = Response::new(Full::new(Bytes::new()));
                         *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);

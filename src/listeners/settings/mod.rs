@@ -299,7 +299,7 @@ impl SettingsPages {
         let keys = self.keys.load_full();
         let resp = match &keys.settings_url {
             None => Err(Fail::NotFound),
-            Some(base) => self.route(req, &path, base).await,
+            Some(base) => self.route(req, &path, base, &keys.frame_ancestors).await,
         };
         let resp = resp.unwrap_or_else(Fail::page);
         tracing::info!(
@@ -318,6 +318,7 @@ impl SettingsPages {
         req: Request<Incoming>,
         path: &str,
         base: &url::Url,
+        frame_ancestors: &[String],
     ) -> Result<Response<Body>, Fail> {
         let login = match path {
             "/settings" | "/settings/" => Some(false),
@@ -346,7 +347,7 @@ impl SettingsPages {
             return out;
         }
         match path.strip_prefix("/settings/s/") {
-            Some(tail) => self.forward(req, tail, base).await,
+            Some(tail) => self.forward(req, tail, base, frame_ancestors).await,
             None => Err(Fail::NotFound),
         }
     }
@@ -447,6 +448,7 @@ impl SettingsPages {
         req: Request<Incoming>,
         tail: &str,
         base: &url::Url,
+        frame_ancestors: &[String],
     ) -> Result<Response<Body>, Fail> {
         let Some((token, rest)) = tail.split_once('/') else {
             // Without the slash, relative links would resolve outside the session.
@@ -517,7 +519,7 @@ impl SettingsPages {
             .filter_map(origin)
             .collect();
         ancestors.push(SHOPTET_ANCESTOR.to_owned());
-        ancestors.extend(self.keys.load().frame_ancestors.iter().cloned());
+        ancestors.extend(frame_ancestors.iter().cloned());
         ancestors.dedup();
         if let Ok(v) = HeaderValue::from_str(&format!("frame-ancestors {}", ancestors.join(" "))) {
             h.append(header::CONTENT_SECURITY_POLICY, v);
