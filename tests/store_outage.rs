@@ -66,6 +66,18 @@ async fn send_webhook(h: &Deployment, p: &Proxy, key: &str, body: &str) -> TestR
         .await
 }
 
+/// `POST /admin/eshops/{id}/refresh` with the admin token.
+async fn admin_refresh(h: &Deployment, p: &Proxy, eshop_id: u64) -> TestResponse {
+    h.http
+        .request(
+            Method::POST,
+            &p.admin_url(&format!("/admin/eshops/{eshop_id}/refresh")),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            "",
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_database_costs_warmed_eshops_nothing() {
     let Some(pg) = PrivatePg::start() else { return };
@@ -150,15 +162,7 @@ async fn a_stopped_database_costs_warmed_eshops_nothing() {
     let body = format!(r#"{{"eshopId":{HOOKED},"event":"order:create","eventInstance":"77"}}"#);
     let hook = send_webhook(&h, &p, &key, &body).await;
     assert_proxy_error(&hook, 503, "proxy-store-unavailable");
-    let refresh = h
-        .http
-        .request(
-            Method::POST,
-            &p.admin_url(&format!("/admin/eshops/{}/refresh", WARM[0])),
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            "",
-        )
-        .await;
+    let refresh = admin_refresh(&h, &p, WARM[0]).await;
     assert_proxy_error(&refresh, 503, "proxy-store-unavailable");
     // Shoptet installs the addon meanwhile: refused before the one-time code is exchanged.
     let late = h
@@ -202,15 +206,7 @@ async fn a_stopped_database_costs_warmed_eshops_nothing() {
         .await;
     assert_eq!(install.status, 200, "{}", install.text());
     assert_eq!(h.installation(LATE).await.eshop_id, LATE);
-    let refresh = h
-        .http
-        .request(
-            Method::POST,
-            &p.admin_url(&format!("/admin/eshops/{}/refresh", WARM[0])),
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            "",
-        )
-        .await;
+    let refresh = admin_refresh(&h, &p, WARM[0]).await;
     assert_eq!(refresh.status, 200, "{}", refresh.text());
 
     stop.store(true, Ordering::Relaxed);
