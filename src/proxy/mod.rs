@@ -23,11 +23,12 @@ pub mod policy;
 mod renewal;
 pub mod tag;
 use crate::http::client::Client;
+use crate::http::upstream::{Upstream, UpstreamBody};
 use crate::state::tokens::TokenCache;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 pub use policy::parse_retry_after;
 use policy::{classify_401, Answer, Attempt, Decision, Reason, Rejection, MAX_429_RETRIES};
@@ -54,11 +55,9 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 pub struct ProxySettings {
-    /// `scheme://authority[/base]` of the API, no trailing slash.
+    /// `scheme://authority[/base]` of the API, no trailing slash, for the calls the proxy makes
+    /// itself ([`own`]).
     pub api_base: String,
-    /// The API's `Host` header, built once: left to the client, it would be formatted anew for
-    /// every request.
-    pub api_host: HeaderValue,
     pub eshop_header: HeaderName,
     pub max_replay_body: u64,
     pub max_retry_wait: Duration,
@@ -70,7 +69,10 @@ pub struct Proxy {
     /// Replaced whole by a reload. An `ArcSwap` because every request reads it on whatever core
     /// it runs: a lock-free load there, instead of a lock that every request would contend on.
     pub settings: ArcSwap<ProxySettings>,
+    /// For the calls the proxy makes itself and the settings pages' OAuth calls.
     pub client: Client,
+    /// Forwarded requests' connections to the API, each driven by the request that holds it.
+    pub upstream: Upstream,
     pub eshops: Arc<Eshops>,
     pub tokens: Arc<TokenCache>,
     pub flow: Flow,
@@ -221,22 +223,14 @@ impl Proxy {
         let eshop_id = tagged.eshop_id;
         trace.eshop_id = Some(eshop_id);
         let renews_key = renewal::renews_signature_key(&parts.method, tagged.path);
-        let mut target = String::with_capacity(
-            settings.api_base.len() + tagged.path.len() + tagged.query.map_or(0, |q| q.len() + 1),
-        );
-        target.push_str(&settings.api_base);
-        target.push_str(tagged.path);
-        if let Some(q) = tagged.query {
-            target.push('?');
-            target.push_str(q);
-        }
-        // From the String's own buffer: `str::parse` would copy it once more.
-        let uri = Uri::from_maybe_shared(Bytes::from(target)).map_err(|_| ProxyError::NotFound)?;
+        let uri = self
+            .upstream
+            .target(tagged.path, tagged.query)
+            .map_err(|_| ProxyError::NotFound)?;
 
         let mut headers = parts.headers;
         let mut extensions = carried(parts.extensions);
         let declared_len = rewrite_request_headers(&mut headers, &settings.eshop_header)?;
-        headers.insert(header::HOST, settings.api_host.clone());
 
         let mut body = match read_for_replay(body, declared_len, settings.max_replay_body, MAX_BODY)
             .await
@@ -310,7 +304,7 @@ impl Proxy {
             permit.sending();
             let sent = Instant::now();
             let deadline = sent + settings.upstream_timeout;
-            let result = tokio::time::timeout_at(deadline, self.client.request(req)).await;
+            let result = tokio::time::timeout_at(deadline, self.upstream.request(req)).await;
             let took = sent.elapsed();
             if let (Some(spans), Some(id)) = (trace.spans.as_deref_mut(), attempt_span) {
                 let outcome = match &result {
@@ -508,7 +502,7 @@ fn finish_trace(
 /// An upstream answer's body: already read (a 401 envelope), or still to stream.
 enum Kept {
     Read(Bytes),
-    Streaming(Incoming),
+    Streaming(UpstreamBody),
 }
 
 /// The answer the client gets from Shoptet's: its head as received (the extensions included,
