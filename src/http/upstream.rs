@@ -161,7 +161,7 @@ impl Upstream {
         loop {
             if self.shared.speaks_h2.load(Ordering::Relaxed) {
                 match self.shared.live_h2() {
-                    Some(sender) => return self.send_h2(sender, req).await,
+                    Some(sender) => return Box::pin(self.send_h2(sender, req)).await,
                     // The shared connection went away: connect again below (the server may
                     // also have stopped choosing HTTP/2).
                     None => self.shared.speaks_h2.store(false, Ordering::Relaxed),
@@ -169,7 +169,9 @@ impl Upstream {
             }
             let (conn, reused) = match self.shared.take().await {
                 Some(conn) => (conn, true),
-                None => match self.connect().await? {
+                // Boxed, as the HTTP/2 send above: their futures (a TLS handshake's among them)
+                // would otherwise make every request's future kilobytes larger, copied on each move.
+                None => match Box::pin(self.connect()).await? {
                     Some(conn) => (conn, false),
                     None => continue,
                 },

@@ -209,7 +209,9 @@ pub async fn serve<H, F, B>(
         let seen = first_request.clone();
         let service = service_fn(move |req| {
             seen.notify_one();
-            let fut = handler(req, peer);
+            // Boxed once here: a request's future is kilobytes, and hyper moves the service's
+            // future into its dispatcher; unboxed, each of those moves copied it whole.
+            let fut = Box::pin(handler(req, peer));
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let builder = builder.clone();

@@ -429,7 +429,9 @@ impl Proxy {
                         Kept::Read(b) => RespBody::full(b),
                         Kept::Streaming(b) if renews_key && parts.status == StatusCode::OK => {
                             let resp = Response::from_parts(parts, b);
-                            return self.adopt_signature_key(eshop_id, resp, permit).await;
+                            // Boxed: the store's future is large, and this path is rare.
+                            let adopt = Box::pin(self.adopt_signature_key(eshop_id, resp, permit));
+                            return adopt.await;
                         }
                         Kept::Streaming(b) => RespBody::upstream(b, permit),
                     };
