@@ -12,7 +12,6 @@
 use crate::config::Config;
 use crate::delivery::{Outbox, Targets};
 use crate::http::client;
-use crate::http::upstream::Upstream;
 use crate::limits::flow::{Flow, FlowConfig};
 use crate::listeners::activation::Passed;
 use crate::listeners::admin::{Admin, Readiness};
@@ -118,6 +117,19 @@ async fn bind(
     Ok((tcp, bound))
 }
 
+/// The `Host` header for requests to `url`: the host, and the port when it is not the default.
+fn host_header(url: &url::Url) -> Result<http::HeaderValue, StartError> {
+    let host = url.host_str().unwrap_or_default();
+    let value = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    http::HeaderValue::from_str(&value).map_err(|_| StartError::Invalid {
+        what: "shoptet.api_url",
+        detail: "the host cannot be sent in a Host header".to_owned(),
+    })
+}
+
 /// The parts that talk to Shoptet on behalf of every listener (and of the `eshops import`
 /// command, which needs a token and a signature key without serving anything).
 pub struct Core {
@@ -130,19 +142,7 @@ pub struct Core {
 pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
     client::install_crypto_provider();
     let metrics = Arc::new(Metrics::new());
-    let connector = client::connector(cfg.shoptet.ca_file.as_deref(), cfg.shoptet.connect_timeout)?;
-    let client = client::from_connector(connector.clone());
-    let upstream = cfg
-        .shoptet
-        .api_url
-        .as_str()
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| e.to_string())
-        .and_then(|base| Upstream::new(&base, connector).map_err(|e| e.to_string()))
-        .map_err(|detail| StartError::Invalid {
-            what: "shoptet.api_url",
-            detail,
-        })?;
+    let client = client::client(cfg.shoptet.ca_file.as_deref(), cfg.shoptet.connect_timeout)?;
     let partner = partner(cfg);
     let oauth = Arc::new(
         OAuthClient::new(
@@ -171,7 +171,6 @@ pub fn core(cfg: &Config, store: Store) -> Result<Core, StartError> {
     let proxy = Arc::new(Proxy {
         settings: ArcSwap::from_pointee(proxy_settings(cfg)?),
         client,
-        upstream,
         eshops,
         tokens,
         flow,
@@ -212,6 +211,7 @@ fn proxy_settings(cfg: &Config) -> Result<ProxySettings, StartError> {
             .as_str()
             .trim_end_matches('/')
             .to_owned(),
+        api_host: host_header(&cfg.shoptet.api_url)?,
         eshop_header: cfg.proxy.eshop_header.clone(),
         max_replay_body: cfg.proxy.max_replay_body,
         max_retry_wait: cfg.proxy.max_retry_wait,

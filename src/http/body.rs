@@ -6,7 +6,6 @@
 //! made; it carries a guard (the upstream slot) that is released only when the body is done, since
 //! Shoptet counts a request as in flight until its answer has been sent.
 
-use crate::http::upstream::UpstreamBody;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -18,12 +17,12 @@ use std::task::{Context, Poll};
 
 /// A stream whose first chunks were already read (to decide whether it fits a limit): those
 /// chunks, then the rest of the stream.
-pub struct Prefixed<B = Incoming> {
+pub struct Prefixed {
     prefix: VecDeque<Bytes>,
-    rest: B,
+    rest: Incoming,
 }
 
-impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for Prefixed<B> {
+impl Body for Prefixed {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -168,19 +167,16 @@ impl Body for ReqBody {
 }
 
 /// A body read up to a limit.
-pub enum ReadUpTo<B = Incoming> {
+pub enum ReadUpTo {
     /// Complete and within the limit.
     Whole(Bytes),
     /// Larger than the limit: what was read, and the rest still to stream.
-    Over(Prefixed<B>),
+    Over(Prefixed),
 }
 
 /// Reads `body` until it ends or exceeds `limit` bytes; an oversized body is not lost, it comes
 /// back as a [`Prefixed`] stream.
-pub async fn read_up_to<B>(mut body: B, limit: u64) -> Result<ReadUpTo<B>, hyper::Error>
-where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
-{
+pub async fn read_up_to(mut body: Incoming, limit: u64) -> Result<ReadUpTo, hyper::Error> {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0u64;
     while let Some(frame) = body.frame().await {
@@ -256,23 +252,23 @@ pub struct RespBody<G = ()> {
 }
 
 enum RespKind {
-    Upstream(Prefixed<UpstreamBody>),
+    Upstream(Prefixed),
     Full(Option<Bytes>),
 }
 
 impl<G> RespBody<G> {
-    pub fn upstream(body: impl Into<UpstreamBody>, guard: G) -> Self {
+    pub fn upstream(body: Incoming, guard: G) -> Self {
         Self::upstream_prefixed(
             Prefixed {
                 prefix: VecDeque::new(),
-                rest: body.into(),
+                rest: body,
             },
             guard,
         )
     }
 
     /// An upstream body of which the first chunks were already read.
-    pub fn upstream_prefixed(body: Prefixed<UpstreamBody>, guard: G) -> Self {
+    pub fn upstream_prefixed(body: Prefixed, guard: G) -> Self {
         RespBody {
             kind: RespKind::Upstream(body),
             guard: Some(guard),

@@ -17,10 +17,7 @@ pub type Client = LegacyClient<Connector, ReqBody>;
 
 /// Idle upstream connections are kept this long; Shoptet's nginx closes idle ones after about
 /// a minute, and a connection reused at the moment the server closes it costs a retry.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-/// At most this many idle connections are kept per destination: far above what `max_in_flight`
-/// (50 by default) leaves idle after a burst.
-pub const POOL_MAX_IDLE: usize = 512;
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -80,50 +77,39 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsSet
 /// Builds the pooled client. `connect_timeout` bounds TCP connect; request deadlines are applied
 /// by callers because they differ (API call vs token fetch).
 pub fn client(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Client, TlsSetupError> {
-    Ok(from_connector(connector(ca_file, connect_timeout)?))
-}
-
-/// The pooled client over a [`connector`] built once for it and the proxy's own pool.
-pub fn from_connector(connector: Connector) -> Client {
-    build(connector, false)
+    build(ca_file, connect_timeout, false)
 }
 
 /// The outbox's client for the addon: like [`client`], but its HTTP/1 header names go out
 /// Title-Cased (`Shoptet-Webhook-Signature`, `Content-Type`), as Shoptet's deliveries spell
 /// them, for receivers that look names up case-sensitively.
 pub fn addon_client(connect_timeout: Duration) -> Result<Client, TlsSetupError> {
-    Ok(build(connector(None, connect_timeout)?, true))
+    build(None, connect_timeout, true)
 }
 
-fn build(connector: Connector, title_case: bool) -> Client {
-    LegacyClient::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        // Records the HTTP/1 answer's header-name spelling (Shoptet's `X-RateLimit-Bucket-Filling`)
-        // in its extensions; the proxy hands them on with the answer (SPEC B2).
-        .http1_preserve_header_case(true)
-        .http1_title_case_headers(title_case)
-        .build(connector)
-}
-
-/// TCP (no delay, keep-alive, `connect_timeout`) and, for `https://`, rustls with HTTP/1.1 and
-/// HTTP/2 offered by ALPN. Shared by the pooled clients and the proxy's own [`Upstream`] pool.
-///
-/// [`Upstream`]: crate::http::upstream::Upstream
-pub fn connector(
+fn build(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
-) -> Result<Connector, TlsSetupError> {
+    title_case: bool,
+) -> Result<Client, TlsSetupError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(30)));
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(ca_file)?)
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http))
+        .wrap_connector(http);
+    Ok(LegacyClient::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(512)
+        // Records the HTTP/1 answer's header-name spelling (Shoptet's `X-RateLimit-Bucket-Filling`)
+        // in its extensions; the proxy hands them on with the answer (SPEC B2).
+        .http1_preserve_header_case(true)
+        .http1_title_case_headers(title_case)
+        .build(https))
 }

@@ -23,12 +23,11 @@ pub mod policy;
 mod renewal;
 pub mod tag;
 use crate::http::client::Client;
-use crate::http::upstream::{Upstream, UpstreamBody};
 use crate::state::tokens::TokenCache;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 pub use policy::parse_retry_after;
 use policy::{classify_401, Answer, Attempt, Decision, Reason, Rejection, MAX_429_RETRIES};
@@ -55,9 +54,11 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 pub struct ProxySettings {
-    /// `scheme://authority[/base]` of the API, no trailing slash, for the calls the proxy makes
-    /// itself ([`own`]).
+    /// `scheme://authority[/base]` of the API, no trailing slash.
     pub api_base: String,
+    /// The API's `Host` header, built once: left to the client, it would be formatted anew for
+    /// every request.
+    pub api_host: HeaderValue,
     pub eshop_header: HeaderName,
     pub max_replay_body: u64,
     pub max_retry_wait: Duration,
@@ -69,10 +70,7 @@ pub struct Proxy {
     /// Replaced whole by a reload. An `ArcSwap` because every request reads it on whatever core
     /// it runs: a lock-free load there, instead of a lock that every request would contend on.
     pub settings: ArcSwap<ProxySettings>,
-    /// For the calls the proxy makes itself and the settings pages' OAuth calls.
     pub client: Client,
-    /// Forwarded requests' connections to the API, each driven by the request that holds it.
-    pub upstream: Upstream,
     pub eshops: Arc<Eshops>,
     pub tokens: Arc<TokenCache>,
     pub flow: Flow,
@@ -223,14 +221,22 @@ impl Proxy {
         let eshop_id = tagged.eshop_id;
         trace.eshop_id = Some(eshop_id);
         let renews_key = renewal::renews_signature_key(&parts.method, tagged.path);
-        let uri = self
-            .upstream
-            .target(tagged.path, tagged.query)
-            .map_err(|_| ProxyError::NotFound)?;
+        let mut target = String::with_capacity(
+            settings.api_base.len() + tagged.path.len() + tagged.query.map_or(0, |q| q.len() + 1),
+        );
+        target.push_str(&settings.api_base);
+        target.push_str(tagged.path);
+        if let Some(q) = tagged.query {
+            target.push('?');
+            target.push_str(q);
+        }
+        // From the String's own buffer: `str::parse` would copy it once more.
+        let uri = Uri::from_maybe_shared(Bytes::from(target)).map_err(|_| ProxyError::NotFound)?;
 
         let mut headers = parts.headers;
         let mut extensions = carried(parts.extensions);
         let declared_len = rewrite_request_headers(&mut headers, &settings.eshop_header)?;
+        headers.insert(header::HOST, settings.api_host.clone());
 
         let mut body = match read_for_replay(body, declared_len, settings.max_replay_body, MAX_BODY)
             .await
@@ -304,7 +310,7 @@ impl Proxy {
             permit.sending();
             let sent = Instant::now();
             let deadline = sent + settings.upstream_timeout;
-            let result = tokio::time::timeout_at(deadline, self.upstream.request(req)).await;
+            let result = tokio::time::timeout_at(deadline, self.client.request(req)).await;
             let took = sent.elapsed();
             if let (Some(spans), Some(id)) = (trace.spans.as_deref_mut(), attempt_span) {
                 let outcome = match &result {
@@ -429,7 +435,8 @@ impl Proxy {
                         Kept::Read(b) => RespBody::full(b),
                         Kept::Streaming(b) if renews_key && parts.status == StatusCode::OK => {
                             let resp = Response::from_parts(parts, b);
-                            // Boxed: the store's future is large, and this path is rare.
+                            // Boxed: the store's future is large (2.7 KB) and this path rare; inline, it
+                            // would grow every request's future by that much.
                             let adopt = Box::pin(self.adopt_signature_key(eshop_id, resp, permit));
                             return adopt.await;
                         }
@@ -504,7 +511,7 @@ fn finish_trace(
 /// An upstream answer's body: already read (a 401 envelope), or still to stream.
 enum Kept {
     Read(Bytes),
-    Streaming(UpstreamBody),
+    Streaming(Incoming),
 }
 
 /// The answer the client gets from Shoptet's: its head as received (the extensions included,

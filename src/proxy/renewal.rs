@@ -6,10 +6,10 @@
 use super::{respond, Proxy, ProxyBody};
 use crate::error::ProxyError;
 use crate::http::body::{read_up_to, ReadUpTo, RespBody};
-use crate::http::upstream::UpstreamBody;
 use crate::limits::flow::Permit;
 use crate::shoptet::api;
 use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
 
 /// The renewal's answer is a small envelope; one larger than this is not Shoptet's.
 const MAX_ANSWER: u64 = 64 * 1024;
@@ -26,7 +26,7 @@ impl Proxy {
     pub(super) async fn adopt_signature_key(
         &self,
         eshop_id: u64,
-        resp: Response<UpstreamBody>,
+        resp: Response<Incoming>,
         permit: Permit,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         debug_assert_eq!(resp.status(), StatusCode::OK);
