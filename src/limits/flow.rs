@@ -235,7 +235,8 @@ impl Flow {
         // Copied out (a few numbers): an arc-swap guard should not be held across the waits below.
         let cfg = FlowConfig::clone(&self.cfg.load());
         lane.slots.resize(cfg.max_in_flight_per_eshop);
-        let deadline = Instant::now() + cfg.queue_timeout;
+        let entered = Instant::now();
+        let deadline = entered + cfg.queue_timeout;
         // When this request started waiting for a slot, if it had to: the common case reads no
         // clock here, and a slow request body read before admission never counts as queueing.
         let mut waiting_since: Option<Instant> = None;
@@ -279,7 +280,12 @@ impl Flow {
         global.forget();
         let global = GlobalSlot(self.global.clone());
         let paced = match cfg.bucket_reserve {
-            Some(reserve) => Self::pace(lane, reserve, deadline).await,
+            Some(reserve) => {
+                // The clock is read again only if the request waited for a slot: the model
+                // must not go back in time, and without a wait no time has passed.
+                let start = waiting_since.map_or(entered, |_| Instant::now());
+                Self::pace(lane, reserve, start, deadline).await
+            }
             None => {
                 lock(&lane.bucket).reserve_anyway();
                 Duration::ZERO
@@ -310,10 +316,7 @@ impl Flow {
     /// `deadline`: a request that has waited its whole `queue_timeout` goes out anyway and meets
     /// Shoptet's verdict (a GET is then retried after Shoptet's `Retry-After`). Returns the time
     /// waited.
-    async fn pace(lane: &Lane, reserve: f64, deadline: Instant) -> Duration {
-        // Read again rather than taken from admission: the wait for a slot may lie between, and
-        // the model must not go back in time.
-        let start = Instant::now();
+    async fn pace(lane: &Lane, reserve: f64, start: Instant, deadline: Instant) -> Duration {
         let mut now = start;
         let mut registered: Option<Pacer> = None;
         loop {

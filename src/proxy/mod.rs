@@ -248,20 +248,23 @@ impl Proxy {
 
         let eshop = self.eshops.get(eshop_id);
         eshop.count_request();
-        let admit_start = Instant::now();
+        // The clock is read for the spans only when there are spans (a read is ~25 ns, and a
+        // request read it nine times).
+        let traced = trace.spans.is_some();
+        let admit_start = traced.then(Instant::now);
         let admission = self.flow.admit(&eshop).await?;
         trace.queued = admission.queued;
         trace.paced = admission.paced;
-        if let Some(spans) = trace.spans.as_deref_mut() {
+        if let (Some(spans), Some(admit_start)) = (trace.spans.as_deref_mut(), admit_start) {
             let queued_end = admit_start + admission.queued.saturating_sub(admission.paced);
             spans.child("queue", Kind::Internal, admit_start, queued_end, vec![]);
             let paced_end = queued_end + admission.paced;
             spans.child("pacing", Kind::Internal, queued_end, paced_end, vec![]);
         }
         let mut permit = admission.permit;
-        let waited = Instant::now();
+        let waited = traced.then(Instant::now);
         let mut token = self.tokens.get(&eshop).await?;
-        if let Some(spans) = trace.spans.as_deref_mut() {
+        if let (Some(spans), Some(waited)) = (trace.spans.as_deref_mut(), waited) {
             token_span(spans, waited, &token);
         }
         let mut attempt = Attempt {
