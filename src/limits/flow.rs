@@ -176,6 +176,13 @@ impl Lane {
             bucket: b.level(tokio::time::Instant::now()),
         }
     }
+
+    /// Wakes the paced requests, if any, after an answer changed the model.
+    fn answer_changed_the_model(&self) {
+        if self.pacers.load(Ordering::SeqCst) > 0 {
+            self.answers.notify_waiters();
+        }
+    }
 }
 
 /// An admitted request: its upstream slot and how long it waited for it.
@@ -359,15 +366,6 @@ impl<'a> Pacer<'a> {
 impl Drop for Pacer<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Lane {
-    /// Wakes the paced requests, if any, after an answer changed the model.
-    fn answer_changed_the_model(&self) {
-        if self.pacers.load(Ordering::SeqCst) > 0 {
-            self.answers.notify_waiters();
-        }
     }
 }
 

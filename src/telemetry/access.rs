@@ -88,64 +88,66 @@ fn ms(buf: &mut String, d: Duration) {
 /// tracing-subscriber's default line: `<timestamp>  INFO access: key=value …`, absent values left
 /// out, strings from outside (Shoptet's request id) quoted and escaped.
 fn text(buf: &mut String, (date, micros): (&str, u32), l: &AccessLine) {
-    let _ = write!(
-        buf,
-        "{date}.{micros:06}Z  INFO access: method={} path={}",
-        l.method, l.path
-    );
-    if let Some(id) = l.eshop_id {
-        let _ = write!(buf, " eshop_id={id}");
-    }
-    let _ = write!(buf, " status={} total_ms=", l.status);
-    ms(buf, l.total);
-    buf.push_str(" upstream_ms=");
-    ms(buf, l.upstream);
-    buf.push_str(" queued_ms=");
-    ms(buf, l.queued);
-    buf.push_str(" paced_ms=");
-    ms(buf, l.paced);
-    let _ = write!(
-        buf,
-        " replayed={} retries_429={}",
-        l.replayed, l.retries_429
-    );
-    if let Some(id) = l.request_id {
-        let _ = write!(buf, " request_id={id:?}");
-    }
+    let _ = write!(buf, "{date}.{micros:06}Z  INFO access:");
+    fields(buf, LogFormat::Text, l);
     buf.push('\n');
 }
 
 /// One JSON object, keys as tracing-subscriber's flattened JSON format writes them.
 fn json(buf: &mut String, (date, micros): (&str, u32), l: &AccessLine) {
-    let _ = write!(
-        buf,
-        r#"{{"timestamp":"{date}.{micros:06}Z","level":"INFO","method":"#
-    );
-    json_str(buf, l.method);
-    buf.push_str(r#","path":"#);
-    json_str(buf, l.path);
-    if let Some(id) = l.eshop_id {
-        let _ = write!(buf, r#","eshop_id":{id}"#);
-    }
-    let _ = write!(buf, r#","status":{},"total_ms":"#, l.status);
-    ms(buf, l.total);
-    buf.push_str(r#","upstream_ms":"#);
-    ms(buf, l.upstream);
-    buf.push_str(r#","queued_ms":"#);
-    ms(buf, l.queued);
-    buf.push_str(r#","paced_ms":"#);
-    ms(buf, l.paced);
-    let _ = write!(
-        buf,
-        r#","replayed":{},"retries_429":{}"#,
-        l.replayed, l.retries_429
-    );
-    if let Some(id) = l.request_id {
-        buf.push_str(r#","request_id":"#);
-        json_str(buf, id);
-    }
+    let _ = write!(buf, r#"{{"timestamp":"{date}.{micros:06}Z","level":"INFO""#);
+    fields(buf, LogFormat::Json, l);
     buf.push_str(r#","target":"access"}"#);
     buf.push('\n');
+}
+
+/// The line's fields in order, each written as `format` spells a key and its value: the one list
+/// both formats share.
+fn fields(buf: &mut String, format: LogFormat, l: &AccessLine) {
+    let key = |buf: &mut String, k: &str| match format {
+        LogFormat::Text => {
+            let _ = write!(buf, " {k}=");
+        }
+        LogFormat::Json => {
+            let _ = write!(buf, r#","{k}":"#);
+        }
+    };
+    // The method and path go bare into text (they are ours or checked by hyper); a string from
+    // Shoptet is quoted there, and every string is a JSON string in JSON.
+    let string = |buf: &mut String, s: &str, quote_in_text: bool| match format {
+        LogFormat::Json => json_str(buf, s),
+        LogFormat::Text if quote_in_text => {
+            let _ = write!(buf, "{s:?}");
+        }
+        LogFormat::Text => buf.push_str(s),
+    };
+    key(buf, "method");
+    string(buf, l.method, false);
+    key(buf, "path");
+    string(buf, l.path, false);
+    if let Some(id) = l.eshop_id {
+        key(buf, "eshop_id");
+        let _ = write!(buf, "{id}");
+    }
+    key(buf, "status");
+    let _ = write!(buf, "{}", l.status);
+    for (k, d) in [
+        ("total_ms", l.total),
+        ("upstream_ms", l.upstream),
+        ("queued_ms", l.queued),
+        ("paced_ms", l.paced),
+    ] {
+        key(buf, k);
+        ms(buf, d);
+    }
+    key(buf, "replayed");
+    let _ = write!(buf, "{}", l.replayed);
+    key(buf, "retries_429");
+    let _ = write!(buf, "{}", l.retries_429);
+    if let Some(id) = l.request_id {
+        key(buf, "request_id");
+        string(buf, id, true);
+    }
 }
 
 fn json_str(buf: &mut String, s: &str) {

@@ -187,6 +187,18 @@ struct PageKeys {
     frame_ancestors: Vec<String>,
 }
 
+impl PagesConfig {
+    /// The pages' own keys, and the OAuth client's credentials and timeout.
+    fn split(self) -> (PageKeys, Credentials, Duration) {
+        let keys = PageKeys {
+            settings_url: self.settings_url,
+            session_ttl: self.session_ttl,
+            frame_ancestors: self.frame_ancestors,
+        };
+        (keys, self.creds, self.oauth_timeout)
+    }
+}
+
 /// The query parameter `name`, decoded.
 fn param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
@@ -255,18 +267,15 @@ impl SettingsPages {
         addon: Client,
         metrics: Arc<Metrics>,
     ) -> SettingsPages {
+        let (keys, creds, oauth_timeout) = cfg.split();
         SettingsPages {
             sessions: Sealer::new(
                 seal::SESSION_LABEL,
                 &store.derived_keys(seal::SESSION_LABEL),
             ),
             states: Sealer::new(seal::STATE_LABEL, &store.derived_keys(seal::STATE_LABEL)),
-            keys: ArcSwap::from_pointee(PageKeys {
-                settings_url: cfg.settings_url,
-                session_ttl: cfg.session_ttl,
-                frame_ancestors: cfg.frame_ancestors,
-            }),
-            oauth: EshopOAuth::new(cfg.creds, proxy, cfg.oauth_timeout),
+            keys: ArcSwap::from_pointee(keys),
+            oauth: EshopOAuth::new(creds, proxy, oauth_timeout),
             store,
             addon,
             metrics,
@@ -275,12 +284,9 @@ impl SettingsPages {
 
     /// Applies reloaded settings keys and OAuth client settings to requests from now on.
     pub fn reconfigure(&self, cfg: PagesConfig) {
-        self.keys.store(Arc::new(PageKeys {
-            settings_url: cfg.settings_url,
-            session_ttl: cfg.session_ttl,
-            frame_ancestors: cfg.frame_ancestors,
-        }));
-        self.oauth.reconfigure(cfg.creds, cfg.oauth_timeout);
+        let (keys, creds, oauth_timeout) = cfg.split();
+        self.keys.store(Arc::new(keys));
+        self.oauth.reconfigure(creds, oauth_timeout);
     }
 
     /// Answers any request under `/settings`.
